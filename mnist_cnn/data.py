@@ -1,0 +1,178 @@
+"""MNIST as a LightningDataModule.
+
+torchvision reads (or downloads) the official IDX files; by default the images then live in memory as
+uint8 tensors on the training device and are normalised per batch there, which removes the per-sample
+PIL + DataLoader path that dominates the seed script's step time. `loader=torchvision` keeps that
+per-sample path for comparison. The module shards data itself (the trainer configs set
+`use_distributed_sampler: false`) so evaluation counts every test image exactly once at any world size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+from torchvision import datasets, transforms
+
+from mnist_cnn import UserError
+
+MEAN, STD = 0.1307, 0.3081  # the seed article's Normalize((0.1307,), (0.3081,))
+Split = Literal["train", "val", "test"]
+
+
+def normalize(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float, the same numbers as the seed's ToTensor() + Normalize(MEAN, STD)."""
+    return images.float().div_(255).sub_(MEAN).div_(STD)
+
+
+class EvalShard(Sampler[int]):
+    """Rank r of w takes indices r, r+w, r+2w, ...: every image exactly once, never padded.
+
+    torch's DistributedSampler pads with repeats so ranks are equal length; fine for training, wrong for
+    a test set of 10,000 images over 3 processes.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = range(rank, n, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class TensorBatches:
+    """Batches sliced from in-memory tensors in the order of `sampler`: no per-sample Python, no PIL.
+
+    Exposes `sampler` (and no `batch_sampler`) like a DataLoader, so Lightning calls `set_epoch` each epoch.
+    """
+
+    batch_sampler = None
+
+    def __init__(self, images: Tensor, labels: Tensor, sampler: Sampler[int], batch_size: int) -> None:
+        self.images, self.labels, self.sampler, self.batch_size = images, labels, sampler, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.images.device)
+        for idx in order.split(self.batch_size):
+            yield self.images[idx], self.labels[idx]
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """The official 60k/10k MNIST; `val_size` training images held out (by `split_seed`) for validation."""
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        num_workers: int = 0,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        shuffle_seed: int | None = 0,
+        loader: Literal["memory", "torchvision"] = "memory",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.data_dir = Path(data_dir).expanduser()
+        self.datasets: dict[str, Any] = {}
+
+    @property
+    def has_val(self) -> bool:
+        return self.hparams.val_size > 0
+
+    def prepare_data(self) -> None:
+        """Download only when the raw files are missing; a read-only folder that has them is never written."""
+        try:
+            for train in (True, False):
+                datasets.MNIST(self.data_dir, train=train, download=True)
+        except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on the failure
+            raise UserError(
+                f"MNIST is not in {self.data_dir / 'MNIST' / 'raw'} and downloading it failed "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}); put the four "
+                "raw IDX files there, or point MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
+            ) from err
+
+    def _read(self, train: bool) -> datasets.MNIST:
+        try:
+            return datasets.MNIST(self.data_dir, train=train, download=False)
+        except RuntimeError as err:
+            raise UserError(
+                f"MNIST is not in {self.data_dir / 'MNIST' / 'raw'}: put the four raw IDX files there, or point "
+                "MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
+            ) from err
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        train, test = self._read(train=True), self._read(train=False)
+        if not 0 <= hp.val_size < len(train):
+            raise UserError(f"data.val_size={hp.val_size} must be in [0, {len(train)}) (0 trains on all images)")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hp.split_seed))
+        parts = {"train": order[hp.val_size :], "val": order[: hp.val_size]}
+        if hp.loader == "memory":
+            device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+            images, labels = train.data.unsqueeze(1), train.targets
+            self.datasets = {k: (images[v].to(device), labels[v].to(device)) for k, v in parts.items()}
+            self.datasets["test"] = (test.data.unsqueeze(1).to(device), test.targets.to(device))
+        elif hp.loader == "torchvision":
+            tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+            train.transform = test.transform = tf
+            self.datasets = {k: Subset(train, v.tolist()) for k, v in parts.items()}
+            self.datasets["test"] = test
+        else:
+            raise UserError(f"data.loader={hp.loader!r} is not one of: memory, torchvision")
+
+    def _rank_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def _loader(self, split: Split, sampler: Sampler[int], batch_size: int) -> Any:
+        data = self.datasets[split]
+        if self.hparams.loader == "memory":
+            return TensorBatches(*data, sampler=sampler, batch_size=batch_size)
+        workers = self.hparams.num_workers
+        return DataLoader(data, batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+
+    def _len(self, split: Split) -> int:
+        data = self.datasets[split]
+        return len(data[1]) if isinstance(data, tuple) else len(data)
+
+    def train_dataloader(self) -> Any:
+        rank, world = self._rank_world()
+        overfit = bool(self.trainer and self.trainer.overfit_batches)  # overfitting needs the same batches
+        # Equal-length shards (padded by repeats) and one permutation per (seed, epoch) on every rank.
+        sampler = DistributedSampler(
+            range(self._len("train")),  # type: ignore[arg-type]
+            num_replicas=world,
+            rank=rank,
+            shuffle=not overfit,
+            seed=self.hparams.shuffle_seed or 0,
+        )
+        return self._loader("train", sampler, self.hparams.batch_size)
+
+    def _eval_loader(self, split: Split) -> Any:
+        rank, world = self._rank_world()
+        return self._loader(split, EvalShard(self._len(split), rank, world), self.hparams.eval_batch_size)
+
+    def val_dataloader(self) -> Any:
+        return self._eval_loader("val") if self.has_val else []
+
+    def test_dataloader(self) -> Any:
+        return self._eval_loader("test")
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """Normalise on the device, after the (4x smaller) uint8 batch has been moved there."""
+        x, y = batch
+        return (normalize(x) if x.dtype == torch.uint8 else x), y
+

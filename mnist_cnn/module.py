@@ -1,0 +1,120 @@
+"""The LightningModule: loss, metrics and optimisation around any net from `mnist_cnn.net`."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_cnn import UserError
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+# Checkpoints name what they rebuild; only these may be instantiated from one (a checkpoint is untrusted input).
+ALLOWED_TARGETS = {"net": "mnist_cnn.", "optimizer": "torch.optim.", "scheduler": "torch.optim.lr_scheduler."}
+
+
+def plain(cfg: Any) -> Any:
+    """DictConfig -> dict: hparams must hold plain containers to load under torch's weights_only default."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def checked(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    target = str(cfg.get("_target_", ""))
+    if not target.startswith(ALLOWED_TARGETS[kind]):
+        raise UserError(f"model.{kind}._target_={target!r} is not allowed: it must start with {ALLOWED_TARGETS[kind]!r}")
+    return cfg
+
+
+class MNISTClassifier(pl.LightningModule):
+    """Classifies 28x28 digits with the net described by `net` (a `_target_` config, kept as a plain dict).
+
+    `optimizer` and `scheduler` are Hydra `_partial_` configs; scheduler steps every optimizer step and
+    gets `total_steps` / `T_max` from the trainer when its config leaves them out.
+    """
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
+        self.save_hyperparameters(logger=False)  # the run's whole config is logged by train.py instead
+        self.net: nn.Module = instantiate(checked("net", net))
+        if compile:
+            self.net.compile()  # the inner net only: whole-module compile breaks self.log on this Lightning
+        num_classes = 10
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.test_count = SumMetric()
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # survives a resume, so the best score is not forgotten
+        self._epoch_start = 0.0
+        self._epoch_images = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc.update(logits, y)
+        self._epoch_images += len(y)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start, self._epoch_images = time.perf_counter(), 0
+
+    def on_train_epoch_end(self) -> None:
+        seconds = time.perf_counter() - self._epoch_start  # includes the epoch's validation pass
+        self.log("train/acc", self.train_acc.compute())
+        self.log("perf/train_images_per_s", self._epoch_images * self.trainer.world_size / seconds)
+        self.train_acc.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_loss.update(F.cross_entropy(logits, y), weight=len(y))
+        self.val_acc.update(logits, y)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return  # two sanity batches are not a score to remember
+        self.val_acc_best.update(self.val_acc.compute())  # compute() caches: Lightning's own call reuses it
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
+        self.test_acc.update(logits, y)
+        self.test_count.update(torch.tensor(float(len(y)), device=y.device))
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        self.log("test/n_images", self.test_count, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(checked("optimizer", self.hparams.optimizer))(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        make = instantiate(checked("scheduler", self.hparams.scheduler))
+        params = inspect.signature(make.func).parameters
+        total = int(self.trainer.estimated_stepping_batches)
+        extra = {k: total for k in ("total_steps", "T_max") if k in params and k not in make.keywords}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make(optimizer, **extra), "interval": "step"}}
