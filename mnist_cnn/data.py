@@ -89,7 +89,7 @@ class MNISTDataModule(pl.LightningDataModule):
 
     @property
     def has_val(self) -> bool:
-        return self.hparams.val_size > 0
+        return self.hparams["val_size"] > 0
 
     def prepare_data(self) -> None:
         """Download only when the raw files are missing; a read-only folder that has them is never written."""
@@ -115,33 +115,34 @@ class MNISTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        hp = self.hparams
+        val_size, loader = self.hparams["val_size"], self.hparams["loader"]
         train, test = self._read(train=True), self._read(train=False)
-        if not 0 <= hp.val_size < len(train):
-            raise UserError(f"data.val_size={hp.val_size} must be in [0, {len(train)}) (0 trains on all images)")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hp.split_seed))
-        parts = {"train": order[hp.val_size :], "val": order[: hp.val_size]}
-        if hp.loader == "memory":
+        if not 0 <= val_size < len(train):
+            raise UserError(f"data.val_size={val_size} must be in [0, {len(train)}) (0 trains on all images)")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
+        parts = {"train": order[val_size:], "val": order[:val_size]}
+        if loader == "memory":
             device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
             images, labels = train.data.unsqueeze(1), train.targets
             self.datasets = {k: (images[v].to(device), labels[v].to(device)) for k, v in parts.items()}
             self.datasets["test"] = (test.data.unsqueeze(1).to(device), test.targets.to(device))
-        elif hp.loader == "torchvision":
+        elif loader == "torchvision":
             tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
             train.transform = test.transform = tf
             self.datasets = {k: Subset(train, v.tolist()) for k, v in parts.items()}
             self.datasets["test"] = test
         else:
-            raise UserError(f"data.loader={hp.loader!r} is not one of: memory, torchvision")
+            raise UserError(f"data.loader={loader!r} is not one of: memory, torchvision")
 
     def _rank_world(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
     def _loader(self, split: Split, sampler: Sampler[int], batch_size: int) -> Any:
         data = self.datasets[split]
-        if self.hparams.loader == "memory":
-            return TensorBatches(*data, sampler=sampler, batch_size=batch_size)
-        workers = self.hparams.num_workers
+        if self.hparams["loader"] == "memory":
+            images, labels = data
+            return TensorBatches(images, labels, sampler, batch_size)
+        workers = self.hparams["num_workers"]
         return DataLoader(data, batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
 
     def _len(self, split: Split) -> int:
@@ -150,20 +151,20 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> Any:
         rank, world = self._rank_world()
-        overfit = bool(self.trainer and self.trainer.overfit_batches)  # overfitting needs the same batches
+        overfit = bool(self.trainer and self.trainer.overfit_batches)  # type: ignore[attr-defined]  # overfitting needs the same batches
         # Equal-length shards (padded by repeats) and one permutation per (seed, epoch) on every rank.
-        sampler = DistributedSampler(
+        sampler: Sampler[int] = DistributedSampler(
             range(self._len("train")),  # type: ignore[arg-type]
             num_replicas=world,
             rank=rank,
             shuffle=not overfit,
-            seed=self.hparams.shuffle_seed or 0,
+            seed=self.hparams["shuffle_seed"] or 0,
         )
-        return self._loader("train", sampler, self.hparams.batch_size)
+        return self._loader("train", sampler, self.hparams["batch_size"])
 
     def _eval_loader(self, split: Split) -> Any:
         rank, world = self._rank_world()
-        return self._loader(split, EvalShard(self._len(split), rank, world), self.hparams.eval_batch_size)
+        return self._loader(split, EvalShard(self._len(split), rank, world), self.hparams["eval_batch_size"])
 
     def val_dataloader(self) -> Any:
         return self._eval_loader("val") if self.has_val else []
@@ -175,4 +176,3 @@ class MNISTDataModule(pl.LightningDataModule):
         """Normalise on the device, after the (4x smaller) uint8 batch has been moved there."""
         x, y = batch
         return (normalize(x) if x.dtype == torch.uint8 else x), y
-

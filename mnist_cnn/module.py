@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-
-from mnist_cnn import UserError
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from mnist_cnn import UserError
 
 # Checkpoints name what they rebuild; only these may be instantiated from one (a checkpoint is untrusted input).
 ALLOWED_TARGETS = {"net": "mnist_cnn.", "optimizer": "torch.optim.", "scheduler": "torch.optim.lr_scheduler."}
@@ -29,7 +29,9 @@ def plain(cfg: Any) -> Any:
 def checked(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     target = str(cfg.get("_target_", ""))
     if not target.startswith(ALLOWED_TARGETS[kind]):
-        raise UserError(f"model.{kind}._target_={target!r} is not allowed: it must start with {ALLOWED_TARGETS[kind]!r}")
+        raise UserError(
+            f"model.{kind}._target_={target!r} is not allowed: it must start with {ALLOWED_TARGETS[kind]!r}"
+        )
     return cfg
 
 
@@ -110,11 +112,14 @@ class MNISTClassifier(pl.LightningModule):
         self.log("test/n_images", self.test_count, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(checked("optimizer", self.hparams.optimizer))(params=self.parameters())
-        if not self.hparams.scheduler:
+        optimizer = instantiate(checked("optimizer", self.hparams["optimizer"]))(params=self.parameters())
+        if not self.hparams["scheduler"]:
             return optimizer
-        make = instantiate(checked("scheduler", self.hparams.scheduler))
+        make = instantiate(checked("scheduler", self.hparams["scheduler"]))
         params = inspect.signature(make.func).parameters
         total = int(self.trainer.estimated_stepping_batches)
         extra = {k: total for k in ("total_steps", "T_max") if k in params and k not in make.keywords}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make(optimizer, **extra), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": make(optimizer, **extra), "interval": "step"},
+        }

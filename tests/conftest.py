@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny IDX files for unit tests, one real 1-epoch run shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from mnist_cnn import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path:
+    """The real MNIST: $MNIST_DATA_DIR (CI sets it), else the project's shared copy beside the checkout."""
+    return Path(os.environ.get("MNIST_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an IDX file as MNIST's own: big-endian magic (0, 0, type 0x08 = uint8, ndim), dims, bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_tiny_mnist(root: Path, n_train: int = 300, n_test: int = 120, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 train / 120 test random images in MNIST's file format."""
+    return make_tiny_mnist(tmp_path_factory.mktemp("tiny"))
+
+
+def run_train(*overrides: str, env: dict[str, str] | None = None, timeout: float = 900, **kw: Any):
+    """Run `python train.py OVERRIDES` from the repo root, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, **kw,
+    )  # fmt: skip
+
+
+def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+    )
+    return proc
+
+
+def metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real run, shared: the default config, 1 epoch, on the real MNIST."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    check(run_train("trainer.max_epochs=1", f"data.data_dir={real_data_dir()}", f"hydra.run.dir={run_dir}"))
+    return run_dir
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Iterator[Any]:
+    """compose(overrides) -> the training config as `python train.py OVERRIDES` would see it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+
+        def _compose(*overrides: str, name: str = "train") -> DictConfig:
+            return compose(name, overrides=[f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=True)
+
+        yield _compose
+    GlobalHydra.instance().clear()
