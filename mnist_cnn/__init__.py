@@ -3,7 +3,10 @@
 Kept import-light on purpose: console scripts import this before deciding what else they need.
 """
 
+import time
 from pathlib import Path
+
+STARTED = time.perf_counter()  # process start, near enough: `train.py` imports this first (see startup_s)
 
 _PKG = Path(__file__).resolve().parent
 # A wheel ships the configs inside the package; a source checkout (editable install) has them beside it.

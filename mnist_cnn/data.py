@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from torchvision import datasets, transforms
 
 from mnist_cnn import UserError
+from mnist_cnn.idx import check_readable_folder, check_split, missing_files, raw_folder
 
 MEAN, STD = 0.1307, 0.3081  # the seed article's Normalize((0.1307,), (0.3081,))
 Split = Literal["train", "val", "test"]
@@ -52,19 +53,37 @@ class TensorBatches:
     """Batches sliced from in-memory tensors in the order of `sampler`: no per-sample Python, no PIL.
 
     Exposes `sampler` (and no `batch_sampler`) like a DataLoader, so Lightning calls `set_epoch` each epoch.
+    Resumable: Lightning stores `state_dict()` (epoch and batches served) in mid-epoch checkpoints and hands it
+    back through `load_state_dict`, so a resumed run continues with the very next batch of the same order.
     """
 
     batch_sampler = None
 
     def __init__(self, images: Tensor, labels: Tensor, sampler: Sampler[int], batch_size: int) -> None:
         self.images, self.labels, self.sampler, self.batch_size = images, labels, sampler, batch_size
+        self.served = 0  # batches handed out in the current pass
+        self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
 
+    @property
+    def epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.images.device)
-        for idx in order.split(self.batch_size):
+        resume, self._resume = self._resume, None
+        # Skip what the interrupted run already trained on, but only in the epoch it was interrupted in.
+        self.served = resume["batches"] if resume and resume["epoch"] == self.epoch else 0
+        for idx in order.split(self.batch_size)[self.served :]:
+            self.served += 1
             yield self.images[idx], self.labels[idx]
 
 
@@ -93,24 +112,33 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download only when the raw files are missing; a read-only folder that has them is never written."""
+        check_readable_folder(self.data_dir)
+        missing = missing_files(self.data_dir)
+        if not missing:
+            return
         try:
             for train in (True, False):
                 datasets.MNIST(self.data_dir, train=train, download=True)
         except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on the failure
+            raw, why = raw_folder(self.data_dir), str(err).splitlines()[0] if str(err) else "no detail"
+            where = f"MNIST is not in {raw}" if len(missing) == 4 else f"{raw / missing[0]} is missing"
             raise UserError(
-                f"MNIST is not in {self.data_dir / 'MNIST' / 'raw'} and downloading it failed "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}); put the four "
-                "raw IDX files there, or point MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
+                f"{where} and downloading it failed ({type(err).__name__}: {why}); put the four raw IDX files "
+                "there, or point MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
             ) from err
 
     def _read(self, train: bool) -> datasets.MNIST:
-        try:
-            return datasets.MNIST(self.data_dir, train=train, download=False)
-        except RuntimeError as err:
+        """Check the IDX files (magic, shape, size, counts, labels) before and after torchvision parses them."""
+        check_readable_folder(self.data_dir)
+        split = "train" if train else "test"
+        raw, missing = raw_folder(self.data_dir), missing_files(self.data_dir)
+        if missing:
             raise UserError(
-                f"MNIST is not in {self.data_dir / 'MNIST' / 'raw'}: put the four raw IDX files there, or point "
-                "MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
-            ) from err
+                f"{f'MNIST is not in {raw}' if len(missing) == 4 else f'{raw / missing[0]} is missing'}: put the "
+                "four raw IDX files there, or point MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
+            )
+        check_split(self.data_dir, split)
+        return datasets.MNIST(self.data_dir, train=train, download=False)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

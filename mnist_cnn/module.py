@@ -15,10 +15,9 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_cnn import UserError
-
-# Checkpoints name what they rebuild; only these may be instantiated from one (a checkpoint is untrusted input).
-ALLOWED_TARGETS = {"net": "mnist_cnn.", "optimizer": "torch.optim.", "scheduler": "torch.optim.lr_scheduler."}
+from mnist_cnn import STARTED
+from mnist_cnn.augment import random_affine
+from mnist_cnn.checkpoints import ALLOWED_TARGETS, checked  # noqa: F401  (defined with the checkpoint checks)
 
 
 def plain(cfg: Any) -> Any:
@@ -26,20 +25,13 @@ def plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def checked(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    target = str(cfg.get("_target_", ""))
-    if not target.startswith(ALLOWED_TARGETS[kind]):
-        raise UserError(
-            f"model.{kind}._target_={target!r} is not allowed: it must start with {ALLOWED_TARGETS[kind]!r}"
-        )
-    return cfg
-
-
 class MNISTClassifier(pl.LightningModule):
     """Classifies 28x28 digits with the net described by `net` (a `_target_` config, kept as a plain dict).
 
     `optimizer` and `scheduler` are Hydra `_partial_` configs; scheduler steps every optimizer step and
-    gets `total_steps` / `T_max` from the trainer when its config leaves them out.
+    gets `total_steps` / `T_max` from the trainer when its config leaves them out. `label_smoothing` applies
+    to the training loss only; `augment` (keyword arguments of `mnist_cnn.augment.random_affine`, or None)
+    warps each training batch. Both default to off, the seed article's recipe.
     """
 
     def __init__(
@@ -48,31 +40,43 @@ class MNISTClassifier(pl.LightningModule):
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
         compile: bool = False,
+        channels_last: bool = False,
+        label_smoothing: float = 0.0,
+        augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
+        net, optimizer, scheduler, augment = plain(net), plain(optimizer), plain(scheduler), plain(augment)
         self.save_hyperparameters(logger=False)  # the run's whole config is logged by train.py instead
         self.net: nn.Module = instantiate(checked("net", net))
+        if channels_last:  # NHWC: the layout oneDNN (CPU) and cuDNN (tensor cores) run convolutions fastest in
+            self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()  # the inner net only: whole-module compile breaks self.log on this Lightning
         num_classes = 10
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: no per-step input checks on the hot path (labels come from our own loader)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.train_acc.persistent(True)  # a mid-epoch checkpoint keeps the epoch's counts so far
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_count = SumMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume, so the best score is not forgotten
-        self._epoch_start = 0.0
+        self._epoch_start = self._train_seconds = 0.0
+        self.startup_s: float | None = None  # process start -> first training step (imports, data, setup)
         self._epoch_images = 0
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.hparams.get("channels_last"):
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        if self.hparams.get("augment"):  # random affine warps of the batch tensor (mnist_cnn.augment)
+            x = random_affine(x, **self.hparams["augment"])
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.get("label_smoothing", 0.0))
         self.train_acc.update(logits, y)
         self._epoch_images += len(y)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -80,11 +84,17 @@ class MNISTClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
+        if self.startup_s is None:
+            self.startup_s = self._epoch_start - STARTED
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._train_seconds = time.perf_counter() - self._epoch_start  # training only, not the val pass after it
 
     def on_train_epoch_end(self) -> None:
-        seconds = time.perf_counter() - self._epoch_start  # includes the epoch's validation pass
         self.log("train/acc", self.train_acc.compute())
-        self.log("perf/train_images_per_s", self._epoch_images * self.trainer.world_size / seconds)
+        if self._train_seconds > 0:
+            images_per_s = self._epoch_images * self.trainer.world_size / self._train_seconds
+            self.log("perf/train_images_per_s", images_per_s)
         self.train_acc.reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

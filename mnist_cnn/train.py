@@ -20,7 +20,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnist_cnn import CONFIG_DIR, UserError
+from mnist_cnn import CONFIG_DIR
+from mnist_cnn.distributed import check_devices, install_job_launcher, one_job  # also registers conf's resolvers
+from mnist_cnn.errors import exit_if_user_error, one_line_errors
 
 log = logging.getLogger("mnist_cnn.train")
 PACKAGES = ("torch", "torchvision", "lightning", "hydra-core", "torchmetrics", "tensorboard", "numpy")
@@ -115,14 +117,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Lightning adds its own console handler; Hydra's handlers already print and file its records.
     logging.getLogger("lightning").handlers.clear()
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs new torch
+    # Our epoch-level values come from torchmetrics, which already synced them across ranks.
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnist_cnn.validate import validate
+
+    validate(cfg)  # types, ranges, targets, data headers, the checkpoint to resume: one line, before any work
     out = Path(cfg.paths.output_dir)
+    log.info("overrides: %s", " ".join(HydraConfig.get().overrides.task) or "(none)")  # in every rank's log
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     if cfg.data.val_size == 0:
         drop_val_monitors(cfg)
 
+    check_devices(str(cfg.trainer.accelerator), cfg.trainer.devices)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _recursive_=False, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -131,26 +140,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
         write_json(out / "provenance.json", provenance())
         log_hparams(loggers, cfg)
-    log.info("accelerator: %s, devices: %s", type(trainer.accelerator).__name__, trainer.num_devices)
-
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    val_best = trainer.callback_metrics.get("val/acc_best")
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if not best:
-        log.warning("no checkpoint was saved (fast_dev_run or no ModelCheckpoint): testing the final weights")
-    trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-
-    cm = trainer.callback_metrics
-    metrics: dict[str, Any] = {
-        "test/acc": float(cm["test/acc"]),
-        "test/loss": float(cm["test/loss"]),
-        "n_test": int(cm["test/n_images"]),
-        "best_ckpt": best or None,
-        "output_dir": str(out),
-        "wall_time_s": round(time.perf_counter() - start, 2),
-    }
-    if val_best is not None and datamodule.has_val:
-        metrics["val/acc_best"] = float(val_best)
+    describe_processes(trainer, cfg)
+    install_job_launcher()
+    with one_job():
+        metrics = fit_and_test(trainer, model, datamodule, cfg)
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             hp = {"hp/test_acc": metrics["test/acc"], "hp/val_acc": metrics.get("val/acc_best", float("nan"))}
@@ -167,14 +161,63 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def describe_processes(trainer: Any, cfg: DictConfig) -> None:
+    """Say where training runs and what the batch size means there (per device; global = x world size)."""
+    per_node = trainer.num_devices
+    world = per_node * trainer.num_nodes
+    threads = os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // per_node)
+    accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
+    log.info(
+        "training on %s: %d process(es) per node x %d node(s)%s; batch %d per device -> global batch %d",
+        type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(), per_node, trainer.num_nodes,
+        f", {threads} CPU thread(s) each" if type(trainer.accelerator).__name__ == "CPUAccelerator" else "",
+        cfg.data.batch_size, cfg.data.batch_size * world * accumulate,
+    )  # fmt: skip
+
+
+def fit_and_test(trainer: Any, model: Any, datamodule: Any, cfg: DictConfig) -> dict[str, Any]:
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    val_best = trainer.callback_metrics.get("val/acc_best")
+    speed = trainer.callback_metrics.get("perf/train_images_per_s")
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not best:
+        log.warning("no checkpoint was saved (fast_dev_run or no ModelCheckpoint): testing the final weights")
+    trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+
+    cm = trainer.callback_metrics
+    metrics: dict[str, Any] = {
+        "test/acc": float(cm["test/acc"]),
+        "test/loss": float(cm["test/loss"]),
+        "n_test": int(cm["test/n_images"]),
+        "best_ckpt": best or None,
+        "output_dir": str(trainer.default_root_dir),
+    }
+    if val_best is not None and datamodule.has_val:
+        metrics["val/acc_best"] = float(val_best)
+    if speed is not None:  # last epoch's training throughput, all ranks together
+        metrics["perf/train_images_per_s"] = round(float(speed), 1)
+    if model.startup_s is not None:
+        metrics["startup_s"] = round(model.startup_s, 2)
+    return metrics
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns `optimized_metric` for sweepers (e.g. Optuna)."""
     try:
         metrics = train(cfg)
-    except UserError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except Exception as err:
+        exit_if_user_error(err, log)  # one `error:` line, exit 2 (an interruption: 128 + signal number)
+        raise
     value = metrics.get(cfg.get("optimized_metric") or "")
     return None if value is None else float(value)
+
+
+def main() -> None:
+    """`python train.py` and `mnist-train`: Hydra's entry, every user error one `error:` line (mnist_cnn.errors)."""
+    with one_line_errors():
+        hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from mnist_cnn import CONFIG_DIR
+from mnist_cnn.distributed import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def compose_cfg(tmp_path: Path) -> Iterator[Any]:
     """compose(overrides) -> the training config as `python train.py OVERRIDES` would see it."""
     GlobalHydra.instance().clear()
+    register_resolvers()  # what `python train.py` has registered when Hydra composes conf/
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
 
         def _compose(*overrides: str, name: str = "train") -> DictConfig:

@@ -92,15 +92,19 @@ class FakeTrainer:
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_ddp_shards(tiny_mnist: Path, world: int) -> None:
     """Training shards are equal length (DDP hangs otherwise); evaluation counts every image exactly once."""
-    train_sizes, test_images = [], []
+    train_sizes, train_images, test_images = [], [], []
     for rank in range(world):
         dm = MNISTDataModule(str(tiny_mnist), val_size=55, batch_size=16)
         dm.trainer = FakeTrainer(rank, world)  # type: ignore[assignment]
         dm.setup()
-        train_sizes.append((len(dm.train_dataloader()), sum(len(y) for _, y in dm.train_dataloader())))
+        shard = [bytes(img.numpy()) for x, _ in dm.train_dataloader() for img in x]
+        train_sizes.append((len(dm.train_dataloader()), len(shard)))
+        train_images += shard
         test_images += [bytes(img.numpy()) for x, _ in dm.test_dataloader() for img in x]
     assert len(set(train_sizes)) == 1
-    assert train_sizes[0][1] * world >= 245
+    # Disjoint shards covering all 245 training images; only the padding (to a multiple of world) repeats.
+    padding = -245 % world
+    assert len(train_images) == 245 + padding and len(set(train_images)) == 245
     all_test = [bytes(i.numpy()) for i in datasets.MNIST(str(tiny_mnist), train=False).data]
     assert sorted(test_images) == sorted(all_test)  # 120 over 3 or 4 ranks: no padding, no loss
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, check, metrics, real_data_dir, run_train
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -79,7 +80,8 @@ def test_checkpoint_reloads_and_reproduces_the_test_accuracy(trained_run: Path) 
     dm = MNISTDataModule(str(real_data_dir()))
     dm.setup()
     model.eval()
-    with torch.no_grad():
+    precision = OmegaConf.load(trained_run / ".hydra" / "config.yaml").trainer.precision  # as the run tested
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
         correct = sum(
             int((model(dm.on_after_batch_transfer(b, 0)[0]).argmax(1) == b[1]).sum()) for b in dm.test_dataloader()
         )

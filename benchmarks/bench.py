@@ -1,0 +1,114 @@
+"""Speed benchmark: the seed script vs a raw tensor loop vs `train.py`, same machine, interleaved rounds.
+
+    python benchmarks/bench.py                      # 3 rounds, real MNIST from $MNIST_DATA_DIR
+    python benchmarks/bench.py --rounds 5 --json bench.json
+
+Cases (each a fresh process, so start-up counts in wall time):
+  a      the seed article's script as written (per-sample PIL + DataLoader, fp32), 1 epoch on 60k
+  b32    a plain loop slicing batches from one preloaded tensor, fp32, 1 epoch
+  bbf16  the same loop with bf16 autocast + channels_last
+  c      `python train.py` with the project's defaults, same net, batch 64, 1 epoch on all 60k
+  c32    `python train.py` forced to fp32 and NCHW (to compare with b32 like for like)
+  fast   `python train.py experiment=fast` (time to >= 99.0% test accuracy)
+  a3     the seed script, 3 epochs (what `fast` is measured against)
+Medians over rounds are reported, with the ratios the project promises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_SCRIPT = REPO.parent / "shared" / "seed_article" / "seed_script.py"
+
+
+def cases(data: str, seed_script: Path) -> dict[str, list[str]]:
+    py = sys.executable
+    one_epoch = ["trainer.max_epochs=1", "data.val_size=0", f"data.data_dir={data}", "logger=none"]
+    return {
+        "a": [py, str(seed_script), data, "1"],
+        "b32": [py, "benchmarks/raw_loop.py", data],
+        "bbf16": [py, "benchmarks/raw_loop.py", data, "--bf16", "--channels-last"],
+        "c": [py, "train.py", *one_epoch],
+        "c32": [py, "train.py", *one_epoch, "trainer.precision=32-true", "model.channels_last=false"],
+        "fast": [py, "train.py", "experiment=fast", f"data.data_dir={data}"],
+        "a3": [py, str(seed_script), data, "3"],
+    }
+
+
+def run(cmd: list[str], out_dir: Path) -> dict[str, float]:
+    """Run one case; wall time is the whole process, as a user waits for it."""
+    is_train = cmd[1] == "train.py"
+    if is_train:
+        cmd = [*cmd, f"hydra.run.dir={out_dir}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"benchmark case failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    if is_train:
+        m = json.loads((out_dir / "metrics.json").read_text())
+        return {"imgs_per_s": m["perf/train_images_per_s"], "test_acc": m["test/acc"], "wall_s": wall,
+                "startup_s": m["startup_s"]}  # fmt: skip
+    kv = dict(re.findall(r"(\w+)=([\d.]+)", proc.stdout))
+    return {"imgs_per_s": float(kv["imgs_per_s"]), "test_acc": float(kv["test_acc"]) / 100, "wall_s": wall,
+            "startup_s": float(kv["startup_s"])}  # fmt: skip
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--seed-script", type=Path, default=SEED_SCRIPT)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", nargs="*", help="run only these cases")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    args = ap.parse_args()
+    todo = {k: v for k, v in cases(str(Path(args.data_dir).resolve()), args.seed_script).items()
+            if not args.only or k in args.only}  # fmt: skip
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in todo}
+    print(f"machine: {machine()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):  # interleaved: every case once per round, so drift hits all alike
+            for name, cmd in todo.items():
+                res = run(cmd, Path(tmp) / f"{name}-{r}")
+                results[name].append(res)
+                print(f"round {r + 1} {name:6s} " + " ".join(f"{k}={v:.4g}" for k, v in res.items()), flush=True)
+    med = {k: {f: statistics.median(x[f] for x in v) for f in v[0]} for k, v in results.items()}
+    print(f"\nmedians over {args.rounds} rounds ({machine()}):")
+    print(f"{'case':6s} {'train img/s':>12s} {'wall s':>8s} {'startup s':>10s} {'test acc':>9s}")
+    for k, m in med.items():
+        print(f"{k:6s} {m['imgs_per_s']:12.0f} {m['wall_s']:8.1f} {m['startup_s']:10.2f} {m['test_acc']:9.4f}")
+    ratios = [("c / a   train img/s (target >= 2.2)", "c", "a", "imgs_per_s"),
+              ("c / bbf16 train img/s, both bf16+NHWC (target >= 0.90)", "c", "bbf16", "imgs_per_s"),
+              ("c32 / b32 train img/s, both fp32 (target >= 0.90)", "c32", "b32", "imgs_per_s"),
+              ("fast / a3 wall (target <= 0.35)", "fast", "a3", "wall_s")]  # fmt: skip
+    print()
+    for label, num, den, field in ratios:
+        if num in med and den in med:
+            print(f"{label}: {med[num][field] / med[den][field]:.2f}")
+    if "fast" in med:
+        print(f"fast: {med['fast']['wall_s']:.1f} s wall (target <= 25), test acc {med['fast']['test_acc']:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rounds": results, "medians": med}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Checkpoint files: written atomically, read as untrusted input.
+
+Saving goes to a temporary file in the same folder, is fsync'ed, then renamed over the target, so a full
+disk, a kill or a power cut mid-write never leaves half a `last.ckpt` in place of a good one. Loading always
+uses `torch.load(weights_only=True)`: a file carrying pickled code is refused (the code never runs), and
+the model config a checkpoint carries may only name classes from `mnist_cnn` and `torch.optim`. Every
+problem is one `UserError` line naming the file. The Trainer uses these through
+`mnist_cnn.guards.SafeCheckpointIO`; torch (and Lightning) are imported only when a file needs unpickling,
+so a wrong path is reported at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from mnist_cnn import UserError
+from mnist_cnn.idx import may
+
+# Checkpoints name what they rebuild; only these may be instantiated from one (a checkpoint is untrusted input).
+ALLOWED_TARGETS = {"net": "mnist_cnn.", "optimizer": "torch.optim.", "scheduler": "torch.optim.lr_scheduler."}
+
+
+def checked(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a `_target_` outside what `kind` may name, nested ones too (Hydra instantiates those first)."""
+
+    def walk(node: Any, key: str, top: bool = False) -> None:
+        if isinstance(node, dict):
+            target = str(node.get("_target_", ""))
+            if (top or "_target_" in node) and not target.startswith(ALLOWED_TARGETS[kind]):
+                raise UserError(
+                    f"{key}._target_={target!r} is not allowed: it must start with {ALLOWED_TARGETS[kind]!r}"
+                )
+            for k, v in node.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(node, list | tuple):
+            for i, v in enumerate(node):
+                walk(v, f"{key}.{i}")
+
+    walk(cfg, f"model.{kind}", top=True)
+    return cfg
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save via temp file + fsync + rename; on any error the old file (if any) is untouched."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:  # same folder: the rename below is atomic
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(
+            f"cannot write checkpoint {path}: {err.strerror or err}; checkpoints saved before are unchanged"
+        ) from err
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable; not possible on every filesystem
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _first_line(err: BaseException) -> str:
+    """`Type: first sentence` of an error: torch's messages go on for a paragraph."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0].split('. ')[0][:160]}" if text else type(err).__name__
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "checkpoint") -> dict[str, Any]:
+    """Load a Lightning checkpoint of this project, or raise one clear line; `key` names where the path came from."""
+    path = Path(path)
+    where = f"{key}={path}" if key != "checkpoint" else f"checkpoint {path}"
+    if not path.exists():
+        raise UserError(f"{where}: no such file")
+    if path.is_dir():
+        raise UserError(f"{where} is a folder; give a checkpoint file in it, e.g. {path / 'last.ckpt'}")
+    if not may(path, os.R_OK):
+        raise UserError(f"{where}: cannot read it (permission denied)")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        raise UserError(f"{where}: an empty file (0 bytes), not a checkpoint")
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise UserError(f"{where}: truncated or corrupt (the zip archive torch.save writes is incomplete)")
+    if not head.startswith(b"PK") and head[:1] != b"\x80":  # nor a pickle (torch's legacy format)
+        raise UserError(f"{where}: not a PyTorch checkpoint file (neither a zip archive nor a pickle)")
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"a reference to {found.group(1)}" if found else "pickled Python objects"
+        raise UserError(
+            f"{where}: refused: it holds {what}, not just tensors and plain containers; "
+            "such a file could run code when loaded, so it is never unpickled"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError) as err:
+        raise UserError(
+            f"{where}: not a readable checkpoint (truncated, corrupt or not a PyTorch file: {_first_line(err)})"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(
+            f"{where}: a PyTorch file but not a Lightning checkpoint (no 'state_dict'); a bare state_dict, such as "
+            "the seed script's, cannot be resumed"
+        )
+    check_hparams(ckpt.get("hyper_parameters") or {}, where)
+    return ckpt
+
+
+def check_hparams(hparams: dict[str, Any], where: str) -> None:
+    """The config a checkpoint rebuilds its model from may only name our nets and torch's optimizers."""
+    for name, value in hparams.items():
+        if name in ALLOWED_TARGETS and isinstance(value, dict):
+            try:
+                checked(name, value)
+            except UserError as err:
+                raise UserError(f"{where}: refused: {err}") from None
+        elif "_target_" in repr(value):
+            raise UserError(f"{where}: refused: its hyper_parameters.{name} names a _target_, which is never built")
+
+
+def rng_states() -> dict[str, Any]:
+    """torch, CUDA, numpy and Python RNG states as tensors and plain containers (loadable with weights_only)."""
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back what `rng_states` saved: a resumed run draws the same random numbers as an uninterrupted one."""
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

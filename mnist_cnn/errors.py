@@ -1,0 +1,169 @@
+"""One line on stderr, exit code 2, for every error a user can fix; Hydra's full report with HYDRA_FULL_ERROR=1.
+
+Hydra reports its own errors (an unknown config option, a key not in the config, an override it cannot
+parse) in several lines, and any other exception as a traceback. `one_line_errors()` wraps Hydra's reporting
+(`hydra._internal.utils.run_and_report`, which `hydra.main` calls for composing, running and multirun), turns
+the errors users cause into `error: ...` lines and leaves everything else (real bugs) to Hydra.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from mnist_cnn import UserError
+
+# Environment problems with a file or folder: say which, and why, without a traceback.
+FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+
+
+def full_error() -> bool:
+    """Hydra's own switch for complete tracebacks."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _lines(text: str) -> list[str]:
+    """Hydra's message without its boilerplate (search path, grammar link), as clean lines."""
+    keep = []
+    for line in text.splitlines():
+        if line.startswith(("Config search path", "\tprovider=", "See https://hydra.cc")) or not line.strip():
+            continue
+        keep.append(line.strip())
+    return keep
+
+
+def _bad_override(argv: list[str]) -> tuple[str, str] | None:
+    """The first command-line override Hydra's grammar rejects, and why."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in (a for a in argv if not a.startswith("-")):
+        try:
+            parser.parse_override(arg)
+        except Exception as err:  # OverrideParseException and friends
+            return arg, (_lines(str(err)) or ["unparsable"])[-1]
+    return None
+
+
+def _not_in_struct(err: BaseException) -> str | None:
+    """`trainer.max_epoch=3`: name the key, suggest the close one, say how to add a new key."""
+    cause = err.__cause__
+    key, parent = getattr(cause, "full_key", None), getattr(cause, "parent_node", None)
+    if not key or parent is None or "not in struct" not in str(cause):
+        return None
+    override = next((a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") == key), key)
+    leaf = key.rsplit(".", 1)[-1]
+    prefix = key[: -len(leaf)]
+    if "/" in key:
+        dotted = f"{key.replace('/', '.')}={override.split('=', 1)[-1]}"
+        return f"{override}: there is no config group {key!r}; to set a value use a dot: {dotted}"
+    close = difflib.get_close_matches(leaf, [str(k) for k in parent], n=1)
+    hint = f"did you mean {prefix}{close[0]}?" if close else f"keys there: {', '.join(map(str, parent))}"
+    return f"{override}: no such key {key!r} ({hint}); to add a new key write +{override.lstrip('+')}"
+
+
+def _lightning_refused(err: BaseException | None) -> str | None:
+    """Lightning checks settings too (a strategy that needs a GPU, a val_check_interval beyond the epoch): its
+    ValueError or MisconfigurationException, raised by Lightning's own code, is about the config."""
+    if err is None or not (
+        isinstance(err, ValueError) or "MisconfigurationException" in [c.__name__ for c in type(err).__mro__]
+    ):
+        return None
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return " ".join(str(err).split()) if module.startswith(("lightning.", "lightning_fabric.")) else None
+
+
+def describe(err: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for anything else."""
+    from hydra.errors import (
+        CompactHydraException,
+        InstantiationException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import OmegaConfBaseException
+
+    for e in (err, err.__cause__):  # instantiate() wraps what the constructor raised
+        if isinstance(e, UserError):
+            return str(e)
+    if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option in config group {group!r} (available: {', '.join(err.options)})"
+    if isinstance(err, OverrideParseException) and (bad := _bad_override(sys.argv[1:])):
+        return f"cannot parse the override {bad[0]!r}: {bad[1]} (syntax: https://hydra.cc/docs/advanced/override_grammar/basic/)"
+    if isinstance(err, CompactHydraException) and (
+        sweep := re.search(r"Ambiguous value for argument '([^']+)'|Sweep parameters '([^']+)'", str(err))
+    ):
+        return (
+            f"{sweep.group(1) or sweep.group(2)}: a comma list or range() is a sweep: add -m (--multirun) to run a "
+            "job per value, or write [a,b] for a list, 'a,b' for a string"
+        )
+    if isinstance(err, InstantiationException):  # a constructor failed: Lightning refused a setting, or a bug
+        refused, key = _lightning_refused(err.__cause__), re.search(r"full_key: (\S+)", str(err))
+        return f"{key.group(1)}: {refused}" if refused and key else refused
+    if refused := _lightning_refused(err):
+        return refused
+    if isinstance(err, CompactHydraException):
+        return _not_in_struct(err) or "; ".join(line.rstrip(".") for line in _lines(str(err))) or type(err).__name__
+    if isinstance(err, OmegaConfBaseException):
+        where = getattr(err, "full_key", "") or "config"
+        return f"{where}: {(_lines(str(err)) or [type(err).__name__])[0]}"
+    if isinstance(err, OSError) and err.errno in FILE_ERRNOS and err.filename:
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = "free some space or choose another folder" if full else "choose a writable folder"
+        return f"cannot write {err.filename}: {err.strerror}; {hint} (MNIST_LOG_DIR, hydra.run.dir=)"
+    return None
+
+
+def exit_if_user_error(err: BaseException, log: logging.Logger | None = None) -> None:
+    """Print `error: ...` and exit (2, or 128 + signal for an interruption) when `err` is the user's to fix.
+
+    Returns (and the caller re-raises) for anything else, and always under HYDRA_FULL_ERROR=1.
+    """
+    message = None if full_error() else describe(err)
+    if message is None:
+        return
+    if log is not None:
+        log.error("%s", message)  # into the run's log file too
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(getattr(err, "exit_code", 2)) from None
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """While active, Hydra reports user errors as one `error:` line; see the module docstring."""
+    import hydra._internal.utils as hydra_utils
+
+    original: Callable[[Any], Any] = hydra_utils.run_and_report
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        def guarded() -> Any:
+            try:
+                return func()
+            except Exception as err:
+                exit_if_user_error(err)
+                raise
+
+        return original(guarded)
+
+    setattr(hydra_utils, "run_and_report", run_and_report)  # noqa: B010  # looked up at call time by _run_hydra
+    try:
+        yield
+    except KeyboardInterrupt:  # Ctrl-C outside training (which mnist_cnn.guards.Interruptible handles)
+        if full_error():
+            raise
+        print("error: interrupted (SIGINT) outside training; checkpoints already saved are kept", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
+    finally:
+        setattr(hydra_utils, "run_and_report", original)  # noqa: B010

@@ -1,0 +1,236 @@
+"""Lightning plugins and callbacks that keep long runs safe: checkpoint IO, interruption, a divergence guard.
+
+`SafeCheckpointIO` (conf/trainer/default.yaml `plugins`): every checkpoint the Trainer writes or reads goes
+through mnist_cnn/checkpoints.py: atomic writes, weights-only loads of untrusted files.
+
+`Interruptible`: SIGINT (Ctrl-C) and SIGTERM (`docker stop`, SLURM before the time limit, `kill`) stop
+training at the next batch boundary, save `checkpoints/interrupted.ckpt` and exit with 128 + the signal
+number and the command that resumes it. Lightning's own SIGTERM handling exits 0 without a checkpoint, and a
+KeyboardInterrupt can land in the middle of an optimizer step; here the state saved is always a
+consistent one. Every checkpoint also carries the RNG states, and the in-memory loader its position
+(mnist_cnn.data.TensorBatches), so a resumed run continues bit for bit.
+
+`DivergenceGuard`: a non-finite training loss, or one that stays far above its first value, stops the run
+with one line instead of training on garbage for hours; checked on the device every `window` steps (no
+per-step host sync) and before every checkpoint save, so a NaN model never replaces a good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import Tensor
+
+from mnist_cnn import UserError
+from mnist_cnn.checkpoints import atomic_save, load_checkpoint, rng_states, set_rng_states
+
+log = logging.getLogger(__name__)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """The Trainer's checkpoint IO: atomic saves, weights-only loads with one-line errors."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+class Interrupted(UserError):
+    """Training stopped on a signal; `exit_code` follows the shell's 128 + signal number convention."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Diverged(UserError):
+    """The training loss went non-finite or far above where it started."""
+
+
+def resume_command(ckpt: Path) -> str:
+    """This job's command again, resuming from `ckpt` into the same run folder (keeps best-checkpoint state)."""
+    prog = f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else Path(sys.argv[0]).name
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        overrides, run_dir = list(hc.overrides.task), hc.runtime.output_dir
+    except ValueError:  # not under Hydra (a Trainer built by hand)
+        overrides, run_dir = [a for a in sys.argv[1:] if not a.startswith("-")], None
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(("ckpt_path=", "hydra.run.dir="))]
+    extra = [f"ckpt_path={ckpt}"] + ([f"hydra.run.dir={run_dir}"] if run_dir else [])
+    return " ".join([prog, *map(shlex.quote, keep + extra)])
+
+
+class Interruptible(pl.Callback):
+    """SIGINT/SIGTERM -> save `dirpath/interrupted.ckpt` at the next batch end, exit 128 + signal; see module doc."""
+
+    def __init__(self, dirpath: str, sync_every: int = 10) -> None:
+        self.dirpath, self.sync_every = Path(dirpath), sync_every
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._rng: dict[str, Any] | None = None
+        self._trainer: pl.Trainer | None = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # asked twice: stop now, as without this callback
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning(
+            "%s received: stopping after this batch with a resumable checkpoint (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+        launcher = self._trainer.strategy.launcher if self._trainer else None
+        if launcher is not None and hasattr(launcher, "kill"):
+            launcher.kill(signum)  # the DDP worker processes Lightning started, as Lightning's handler does
+
+    def _install(self, trainer: pl.Trainer) -> None:
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return
+        self._trainer = trainer
+        # Lightning's own SIGTERM handler (replaced here, restored after) exits 0 at its next check.
+        if trainer.received_sigterm:
+            self.signum = signal.SIGTERM
+        for signum in SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _asked(self, trainer: pl.Trainer, every: int = 1) -> bool:
+        """Did any rank get a signal? Ranks must agree, or the checkpoint's barrier would hang; under DDP they
+        compare notes every `every` steps rather than pay a collective on each one."""
+        if getattr(trainer, "world_size", 1) > 1 and trainer.global_step % every:
+            return False
+        return bool(trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False))
+
+    def _stop(self, trainer: pl.Trainer, save: bool) -> None:
+        name = signal.Signals(self.signum or signal.SIGTERM).name
+        self._restore()
+        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        if save:
+            ckpt = self.dirpath / "interrupted.ckpt"
+            trainer.save_checkpoint(ckpt)
+            message = f"interrupted by {name} at {where}; saved {ckpt}; resume with: {resume_command(ckpt)}"
+        else:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""  # type: ignore[attr-defined]
+            message = f"interrupted by {name} during the final test; training had finished" + (
+                f" and its best checkpoint is {best}" if best else ""
+            )
+        raise Interrupted(message, self.signum or signal.SIGTERM)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install(trainer)
+        if self._rng is not None:  # resumed: continue the random streams where the checkpoint left them
+            set_rng_states(self._rng)
+            self._rng = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self._asked(trainer, every=self.sync_every):
+            self._stop(trainer, save=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._asked(trainer):  # the signal came during the last validation
+            self._stop(trainer, save=True)
+        self._restore()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.signum is not None:  # no collective here: ranks may hold different numbers of test batches
+            self._stop(trainer, save=False)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng = state_dict.get("rng")
+
+
+class DivergenceGuard(pl.Callback):
+    """Stop on a non-finite training loss, or one above `max_factor` x its first value for `window` steps."""
+
+    def __init__(self, max_factor: float = 10.0, window: int = 10) -> None:
+        if max_factor <= 1 or window < 1:
+            raise UserError(f"DivergenceGuard: max_factor={max_factor} must be > 1 and window={window} >= 1")
+        self.max_factor, self.window = max_factor, window
+        self.first: float | None = None  # the first training loss of the run (kept across a resume)
+        self._first: Tensor | None = None
+        self._nonfinite: Tensor | None = None  # any non-finite loss in the current window
+        self._low: Tensor | None = None  # the lowest loss in the current window
+        self._seen = 0
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        value = loss.detach().float()
+        if self._first is None:
+            self._first = value.clone() if self.first is None else torch.tensor(self.first, device=value.device)
+        bad = ~torch.isfinite(value)
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        self._low = value if self._low is None else torch.minimum(self._low, value)
+        self._seen += 1
+        if self._seen >= self.window:
+            self._check(trainer, full_window=True)
+        elif torch.is_anomaly_enabled():  # detect_anomaly would raise its own traceback in backward: check now
+            self._check(trainer, full_window=False)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._check(trainer, full_window=False)  # raising here aborts the save: no NaN model on disk
+
+    def _check(self, trainer: pl.Trainer, full_window: bool) -> None:
+        if self._first is None or self._nonfinite is None or self._low is None:
+            return
+        self.first = first = float(self._first)
+        nonfinite = bool(self._nonfinite) or not math.isfinite(first)
+        too_high = full_window and bool(self._low > self.max_factor * abs(first))
+        if full_window:  # a new window starts; a check in between (a save, anomaly mode) keeps counting
+            self._nonfinite, self._low, self._seen = None, None, 0
+        if not trainer.strategy.reduce_boolean_decision(nonfinite or too_high, all=False):
+            return
+        why = (
+            "the training loss is not finite (nan or inf)"
+            if nonfinite
+            else f"the training loss stayed above {self.max_factor:g}x its first value ({first:.3g}) "
+            f"for {self.window} steps"
+        )
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        raise Diverged(
+            f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: {why}; lower "
+            f"model.optimizer.lr (now {lr:g}) or set trainer.gradient_clip_val; checkpoints saved before are kept"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first": self.first if self.first is not None else self._first_value()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.first = state_dict.get("first")
+
+    def _first_value(self) -> float | None:
+        return float(self._first) if self._first is not None else None

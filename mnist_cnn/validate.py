@@ -1,0 +1,172 @@
+"""The composed config, checked before any work starts: one line naming the key, the bad value, what is allowed.
+
+Hydra composes whatever the overrides say, so `data.batch_size=abc` or `trainer.max_epochs=0` would reach
+Lightning as is and fail later in a traceback (or never: `data.num_workers=-1`). `validate` checks the type
+and range of every knob in conf/, each `_target_` and its argument names, the monitored metrics, the data
+files' headers and the checkpoint to resume from, and raises `UserError`. `ValidateConfig` (a Hydra callback,
+conf/hydra/default.yaml) runs it before the run folder is created; `train()` runs it for every job.
+Cheap checks come first, so most typos are reported before Lightning is even imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from mnist_cnn import UserError, idx
+from mnist_cnn.checkpoints import ALLOWED_TARGETS, load_checkpoint
+from mnist_cnn.errors import exit_if_user_error
+from mnist_cnn.schema import RULES, is_int, lightning_rules, one_of, show
+
+# What the LightningModule logs, so what a callback may monitor.
+MONITORABLE = ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc")
+_ABSENT = object()
+
+
+def _get(cfg: DictConfig, key: str, resolve: bool = True) -> Any:
+    """The plain value at `key`, `_ABSENT` when there is none; an unresolvable interpolation as one line."""
+    try:
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
+        return OmegaConf.to_container(value, resolve=resolve) if isinstance(value, DictConfig | ListConfig) else value
+    except MissingMandatoryValue:
+        raise UserError(f"{key} is missing (???): set it with {key}=VALUE") from None
+    except OmegaConfBaseException as err:
+        parent, _, leaf = key.rpartition(".")
+        raw = OmegaConf.to_container(OmegaConf.select(cfg, parent) if parent else cfg, resolve=False)
+        shown = raw.get(leaf, "?") if isinstance(raw, dict) else "?"
+        raise UserError(f"{key}={shown}: cannot resolve it: {str(err).splitlines()[0]}") from None
+
+
+def _fail(key: str, value: Any, allowed: str) -> UserError:
+    return UserError(f"{key}={show(value)} is invalid: must be {allowed}")
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f"did you mean {close[0]}?" if close else f"there is: {', '.join(options)}" if len(options) <= 12 else ""
+
+
+def _locate(path: str) -> Any:
+    """Import `a.b.C` as Hydra's instantiate would, with a one-line reason when it is not there."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+            break
+        except ModuleNotFoundError as err:
+            if err.name is None or not ".".join(parts[:i]).startswith(err.name):
+                raise  # the module exists but needs something that is missing
+    else:
+        raise ImportError(f"no module named {parts[0]!r}")
+    for j in range(i, len(parts)):
+        if not hasattr(obj, parts[j]):
+            public = [n for n in dir(obj) if not n.startswith("_") and isinstance(getattr(obj, n), type)]
+            raise ImportError(f"{'.'.join(parts[:j])} has no {parts[j]!r}; {_suggest(parts[j], public)}".rstrip("; "))
+        obj = getattr(obj, parts[j])
+    return obj
+
+
+def _target(key: str, node: dict[str, Any], prefix: str = "") -> None:
+    """`_target_` importable (and under `prefix`), every other key one of its arguments."""
+    target = node.get("_target_")
+    if not isinstance(target, str) or not target.startswith(prefix):
+        raise _fail(f"{key}._target_", target, f"a dotted path starting with {prefix!r}" if prefix else "a dotted path")
+    try:
+        obj = _locate(target)
+    except Exception as err:  # ImportError, or whatever the module raised on import
+        raise _fail(f"{key}._target_", target, f"an importable class or function ({err})") from None
+    try:
+        params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):  # no signature to check against
+        return
+    names = [p.name for p in params if p.kind is not p.VAR_POSITIONAL]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    for name, value in node.items():
+        if not name.startswith("_") and name not in names:
+            hint = _suggest(name, names) or "see its documentation"
+            raise UserError(f"{key}.{name}={show(value)} is invalid: {target} has no argument {name!r} ({hint})")
+
+
+def _check_monitors(cfg: DictConfig) -> list[str]:
+    """Every callback monitors a metric the module logs; returns the validation ones."""
+    nodes, monitors = _get(cfg, "callbacks", resolve=False), []
+    for name, node in (nodes if isinstance(nodes, dict) else {}).items():
+        if isinstance(node, dict) and (monitor := node.get("monitor")) is not None:
+            if monitor not in MONITORABLE:
+                raise _fail(f"callbacks.{name}.monitor", monitor, one_of(*MONITORABLE).allowed + ", or null")
+            monitors.append(monitor)
+    return [m for m in monitors if m.startswith("val/")]
+
+
+def _check_targets(cfg: DictConfig) -> None:
+    """Every `_target_` node: the model's parts first (they need only torch), then what needs Lightning."""
+    for kind, prefix in ALLOWED_TARGETS.items():
+        if isinstance(node := _get(cfg, f"model.{kind}", resolve=False), dict):
+            _target(f"model.{kind}", node, prefix)
+    for key, rule in lightning_rules().items():
+        if (value := _get(cfg, key)) is not _ABSENT and not rule.ok(value):
+            raise _fail(key, value, rule.allowed)
+    for key in ("data", "model", "trainer"):
+        if isinstance(node := _get(cfg, key, resolve=False), dict):
+            _target(key, node)
+    for group in ("callbacks", "logger"):
+        nodes = _get(cfg, group, resolve=False)
+        for name, node in (nodes if isinstance(nodes, dict) else {}).items():
+            if node is not None and not isinstance(node, dict):
+                raise _fail(f"{group}.{name}", node, "a _target_ config, or null to drop it")
+            if node is not None:
+                _target(f"{group}.{name}", node)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise `UserError` (one line) for the first bad value; silent when all is well."""
+    for key, rule in RULES.items():
+        if (value := _get(cfg, key)) is not _ABSENT and not rule.ok(value):
+            raise _fail(key, value, rule.allowed)
+    max_epochs, min_epochs = _get(cfg, "trainer.max_epochs"), _get(cfg, "trainer.min_epochs")
+    if is_int(max_epochs) and is_int(min_epochs) and max_epochs != -1 and min_epochs > max_epochs:
+        raise _fail("trainer.min_epochs", min_epochs, f"<= trainer.max_epochs ({max_epochs})")
+    data_dir, val_size = _get(cfg, "data.data_dir"), _get(cfg, "data.val_size")
+    if isinstance(data_dir, str):
+        idx.check_readable_folder(Path(data_dir).expanduser())
+        if not idx.missing_files(data_dir):  # present: check the headers now; missing: downloaded later
+            n_train, _ = idx.check_split(data_dir, "train"), idx.check_split(data_dir, "test")
+            if is_int(val_size) and val_size >= n_train:
+                allowed = f"an integer in [0, {n_train}) ({data_dir} has {n_train} training images; 0 = no validation)"
+                raise _fail("data.val_size", val_size, allowed)
+    monitors = _check_monitors(cfg)
+    if (limit := _get(cfg, "trainer.limit_val_batches")) in (0, 0.0) and val_size and monitors:
+        allowed = f"> 0 while callbacks monitor {monitors[0]} (to train without validation: data.val_size=0)"
+        raise _fail("trainer.limit_val_batches", limit, allowed)
+    if (ckpt_path := _get(cfg, "ckpt_path")) not in (None, _ABSENT, ""):
+        _check_resume(cfg, str(ckpt_path))
+    _check_targets(cfg)
+
+
+def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
+    ckpt = load_checkpoint(ckpt_path, key="ckpt_path")
+    old, new = (ckpt.get("hyper_parameters") or {}).get("net"), _get(cfg, "model.net")
+    if old is not None and old != new:
+        raise UserError(
+            f"ckpt_path={ckpt_path} was trained with model.net={show(old)}, but this run builds "
+            f"model.net={show(new)}; resume with the same model.net"
+        )
+
+
+class ValidateConfig(Callback):
+    """Hydra callback: validate before Hydra creates the run folder, so a typo leaves nothing behind."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and runs the job anyway: exit here instead.
+        try:
+            validate(config)
+        except UserError as err:
+            exit_if_user_error(err)  # under HYDRA_FULL_ERROR=1 it returns: the job's own check raises in full
