@@ -185,3 +185,11 @@ def test_missing_data_and_no_network_is_one_clear_line(tmp_path: Path) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "MNIST is not in" in errors[0] and "MNIST_DATA_DIR" in errors[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_without_a_new_best(tiny_mnist: Path, tmp_path: Path) -> None:
+    """mode=min on val/acc: epoch 0 stays "best" while last.ckpt must still follow every epoch."""
+    check(run_train("debug=limit", "data.val_size=50", "callbacks.model_checkpoint.mode=min",
+                    f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}"))  # fmt: skip
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert Path(metrics(tmp_path)["best_ckpt"]).name == "epoch_000.ckpt"
