@@ -1,0 +1,108 @@
+"""Run a trained net on 28x28 MNIST-style images, from a Lightning checkpoint or an ONNX export.
+
+The ONNX path uses onnxruntime alone and never imports torch: a small install for serving. Both take
+uint8 images (white ink on black, as `mnist_cnn.preprocess` makes them) and return float32 logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mnist_cnn import UserError
+
+ONNX_INPUT, ONNX_OUTPUT = "image", "logits"  # names in every `mnist-export` model
+
+
+class Classifier(Protocol):
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, 28, 28) -> float32 (N, 10)."""
+        ...
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """An exception as one short line: library errors can span pages (torch's unpickling hints do)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_classifier(path: str | Path, key: str = "checkpoint") -> Any:
+    """Checkpoint -> MNISTClassifier in eval mode on the CPU; any unusable file is one UserError naming it.
+
+    A checkpoint is untrusted input: `mnist_cnn.checkpoints.load_checkpoint` reads it weights-only and
+    refuses configs naming anything but our nets and torch's optimizers. `key` names where the path came
+    from in messages (e.g. `ckpt_path`).
+    """
+    from mnist_cnn.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(path, key=key)
+    from mnist_cnn.module import MNISTClassifier
+
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if "compile" in hparams:
+        hparams["compile"] = False  # inference and export want the plain net
+    try:
+        model = MNISTClassifier(**hparams)
+        model.load_state_dict(ckpt["state_dict"])
+    except UserError:
+        raise
+    except Exception as err:  # missing hparams, other weights: a checkpoint of something else
+        raise UserError(f"checkpoint {path}: not an mnist-cnn model checkpoint ({first_line(err)})") from None
+    return model.eval()
+
+
+class TorchClassifier:
+    """A Lightning checkpoint, run with torch on the CPU."""
+
+    def __init__(self, path: Path) -> None:
+        import torch
+
+        from mnist_cnn.data import normalize
+
+        self._torch, self._normalize = torch, normalize
+        self.model = load_classifier(path)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = self._normalize(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1))
+            return self.model(x).float().numpy()
+
+
+class OnnxClassifier:
+    """An `mnist-export` ONNX model, run with onnxruntime (normalisation is inside the graph)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("running an .onnx model needs onnxruntime: pip install 'mnist-cnn[onnx]'") from None
+        if not path.is_file():
+            raise UserError(f"{path}: no such model file")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: no provider chatter on stderr
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise UserError(f"{path}: not a readable ONNX model ({first_line(err)})") from None
+        inputs = self.session.get_inputs()
+        if [i.name for i in inputs] != [ONNX_INPUT] or inputs[0].type != "tensor(uint8)":
+            raise UserError(f"{path}: not an mnist-export model (expected one uint8 input {ONNX_INPUT!r})")
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        feed = {ONNX_INPUT: np.ascontiguousarray(images, dtype=np.uint8)[:, None]}
+        return np.asarray(self.session.run([ONNX_OUTPUT], feed)[0], dtype=np.float32)
+
+
+def open_classifier(path: str | Path) -> Classifier:
+    """`.onnx` -> onnxruntime; anything else is taken for a Lightning checkpoint."""
+    path = Path(path)
+    return OnnxClassifier(path) if path.suffix.lower() == ".onnx" else TorchClassifier(path)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
