@@ -47,7 +47,9 @@ def main() -> None:
     t2 = time.perf_counter()
     net.eval()
     with torch.no_grad(), autocast:
-        logits = torch.cat([net(normalize(x).contiguous(memory_format=layout)) for x in test.data.unsqueeze(1).split(1000)])
+        logits = torch.cat(
+            [net(normalize(x).contiguous(memory_format=layout)) for x in test.data.unsqueeze(1).split(1000)]
+        )
     acc = (logits.argmax(1) == test.targets).float().mean().item()
     t3 = time.perf_counter()
     print(
