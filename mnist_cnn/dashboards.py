@@ -1,5 +1,7 @@
 """Pictures of the test set for TensorBoard (and MLflow): a confusion matrix and a grid of misclassified digits.
 
+The confusion matrix is drawn by `mnist_cnn.figures` (the same figure `mnist-eval` saves).
+
 A Lightning callback, so train.py and the module stay as they are: it listens to the module's forward
 passes during testing (a forward hook), so nothing is computed twice. The confusion matrix is a torchmetrics
 metric, summed over all ranks under DDP; the misclassified digits are gathered from every rank.
@@ -18,6 +20,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist_cnn.data import MEAN, STD
+from mnist_cnn.figures import confusion_matrix_image
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -25,34 +28,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=size)  # a scalable font where Pillow has FreeType
     except (TypeError, OSError):
         return ImageFont.load_default()
-
-
-def confusion_image(matrix: np.ndarray | Tensor, cell: int = 44) -> np.ndarray:
-    """The confusion matrix (rows: true digit, columns: predicted) as an RGB uint8 image (H, W, 3).
-
-    Counts are written in every cell; the diagonal is shaded blue by recall, errors red by their count
-    relative to the largest error, so the few mistakes stand out next to thousands of correct answers.
-    """
-    m = np.asarray(matrix.cpu() if isinstance(matrix, Tensor) else matrix, dtype=np.int64)
-    n = m.shape[0]
-    margin = cell
-    img = Image.new("RGB", (margin + n * cell + 8, margin + n * cell + 8), "white")
-    draw, font = ImageDraw.Draw(img), _font(cell // 3)
-    row_sums = np.maximum(m.sum(1), 1)
-    worst = max(int((m - np.diag(np.diag(m))).max()), 1)
-    for t in range(n):
-        for p in range(n):
-            frac = m[t, p] / row_sums[t] if t == p else m[t, p] / worst
-            shade = int(255 * (1 - 0.8 * frac))
-            color = (shade, shade, 255) if t == p else (255, shade, shade)
-            x, y = margin + p * cell, margin + t * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=color, outline=(200, 200, 200))
-            if m[t, p]:
-                draw.text((x + cell / 2, y + cell / 2), str(m[t, p]), fill="black", font=font, anchor="mm")
-        draw.text((margin - 6, margin + t * cell + cell / 2), str(t), fill="black", font=font, anchor="rm")
-        draw.text((margin + t * cell + cell / 2, margin - 4), str(t), fill="black", font=font, anchor="mb")
-    draw.text((2, 2), "rows: true digit, columns: predicted", fill="black", font=_font(cell // 4))
-    return np.asarray(img)
 
 
 def misclassified_grid(
@@ -136,9 +111,10 @@ class TestDashboards(Callback):
         x, y, p = self._gathered_wrong(pl_module)
         if not trainer.is_global_zero:
             return
-        images = {"test/confusion_matrix": confusion_image(matrix)}
+        counts = matrix.cpu().numpy()
+        images = {"test/confusion_matrix": confusion_matrix_image(counts, title="test set")}
         if len(y):
-            errors = int(matrix.sum() - matrix.diagonal().sum())
+            errors = int(counts.sum() - counts.trace())
             images["test/misclassified"] = misclassified_grid(x, y, p, total=errors)
         log_images(trainer, images)
 

@@ -126,7 +126,11 @@ def job_config(tmp_path: Path, mode: RunMode) -> Any:
 @pytest.mark.parametrize(("mode", "env"), [(RunMode.RUN, {}), (RunMode.MULTIRUN, {"LOCAL_RANK": "1"}),
                                            (RunMode.MULTIRUN, {"RANK": "2"}), (RunMode.MULTIRUN, {})])  # fmt: skip
 def test_writes_only_from_the_multirun_rank_zero(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: RunMode, env: dict[str, str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    mode: RunMode,
+    env: dict[str, str],
 ) -> None:
     """DDP re-launches a job's ranks > 0 as separate `train.py` runs: they must never touch the summary."""
     for name in ("LOCAL_RANK", "RANK", "SLURM_PROCID", "SLURM_NTASKS"):
@@ -142,6 +146,8 @@ def test_writes_only_from_the_multirun_rank_zero(
     assert (tmp_path / "summary.csv").is_file() == writes
     if writes:
         assert rows(tmp_path)[0]["overrides"] == "seed=1" and rows(tmp_path)[0]["status"] == "completed"
+    cb.on_multirun_end(cfg)  # prints the table (once: nothing is left for the exit hook)
+    assert ("| 0 | `seed=1` | completed |" in capsys.readouterr().out) == writes
 
 
 def test_markdown_best_row_and_seed_groups() -> None:
