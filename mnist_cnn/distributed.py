@@ -95,6 +95,7 @@ def job_subprocess_cmd(local_rank: int) -> tuple[Sequence[str], str]:
     command += [
         f'hydra.run.dir="{hc.runtime.output_dir}"',
         "hydra.output_subdir=null",  # rank 0 already saved the config there
+        "hydra.mode=RUN",  # a config may set MULTIRUN (hparams_search=optuna): rank > 0 must run this job only
     ]
     return command, get_original_cwd()
 
