@@ -13,5 +13,12 @@ _PKG = Path(__file__).resolve().parent
 CONFIG_DIR = str(_PKG / "conf" if (_PKG / "conf").is_dir() else _PKG.parent / "conf")
 
 
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 class UserError(Exception):
     """A problem the user can fix (bad config, missing data): reported as one line, no traceback."""

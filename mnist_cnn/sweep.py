@@ -29,6 +29,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mnist_cnn import atomic_write
+
 log = logging.getLogger("mnist_cnn.sweep")
 FIELDS = ("job", "overrides", "status", "val/acc_best", "test/acc", "wall_time_s", "checkpoint", "output_dir", "error")
 SEED_KEYS = ("seed", "+seed", "++seed")
@@ -52,12 +54,6 @@ def locked(sweep_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_rows(sweep_dir: Path) -> list[dict[str, str]]:

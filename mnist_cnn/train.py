@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnist_cnn import CONFIG_DIR
+from mnist_cnn import CONFIG_DIR, atomic_write
 from mnist_cnn.distributed import check_devices, install_job_launcher, one_job  # also registers conf's resolvers
 from mnist_cnn.errors import exit_if_user_error, one_line_errors
 
@@ -29,10 +29,7 @@ PACKAGES = ("torch", "torchvision", "lightning", "hydra-core", "torchmetrics", "
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def provenance() -> dict[str, Any]:
