@@ -216,7 +216,8 @@ def main() -> None:
     """`python train.py` and `mnist-train`: Hydra's entry, every user error one `error:` line (mnist_cnn.errors)."""
     with one_line_errors():
         hydra_main()
-    exit_without_teardown()
+    if sys.getprofile() is None and sys.gettrace() is None:  # profilers/debuggers write their results at exit
+        exit_without_teardown()
 
 
 def exit_without_teardown() -> None:
