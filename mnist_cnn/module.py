@@ -81,7 +81,8 @@ class MNISTClassifier(pl.LightningModule):
         self._epoch_images += len(y)
         # Only on the steps the logger writes (Lightning's rule) and the epoch's last one (for monitors):
         # self.log costs ~5% of a step here.
-        every, trainer = self.trainer.log_every_n_steps, self.trainer
+        trainer: Any = self.trainer  # log_every_n_steps / fast_dev_run are set in Trainer.__init__, untyped
+        every = trainer.log_every_n_steps
         if (
             trainer.fast_dev_run
             or batch_idx + 1 == trainer.num_training_batches
