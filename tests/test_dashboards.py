@@ -22,7 +22,10 @@ from mnist_cnn.data import MNISTDataModule, normalize
 from mnist_cnn.figures import confusion_matrix_image
 from mnist_cnn.module import MNISTClassifier
 
-QUIET = ("callbacks.rich_progress_bar=null",)
+QUIET = (
+    "callbacks.progress_bar=null",
+    "+trainer.enable_progress_bar=false",
+)
 
 
 def read_events(logdir: Path) -> EventAccumulator:

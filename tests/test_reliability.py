@@ -37,7 +37,8 @@ RUN = (
     "trainer.deterministic=true",
     "seed=7",
     "logger=csv",
-    "callbacks.rich_progress_bar=null",
+    "callbacks.progress_bar=null",
+    "+trainer.enable_progress_bar=false",
     "callbacks.model_checkpoint.save_top_k=-1",
 )
 QUICK = ("debug=limit", "data.val_size=50", "logger=none", "trainer.accelerator=cpu")

@@ -17,7 +17,10 @@ from omegaconf import OmegaConf
 
 from mnist_cnn.sweep import SweepSummary, render_markdown
 
-QUIET = ("callbacks.rich_progress_bar=null",)
+QUIET = (
+    "callbacks.progress_bar=null",
+    "+trainer.enable_progress_bar=false",
+)
 
 
 def rows(sweep: Path) -> list[dict[str, str]]:
