@@ -63,7 +63,8 @@ class MNISTClassifier(pl.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume, so the best score is not forgotten
         self._epoch_start = self._train_seconds = 0.0
-        self.startup_s: float | None = None  # process start -> first training step (imports, data, setup)
+        self.started = STARTED  # process start; train.py moves it to the job's start for later jobs of a multirun
+        self.startup_s: float | None = None  # started -> first training step (imports, data, setup)
         self._epoch_images = 0
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,7 +95,7 @@ class MNISTClassifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
         if self.startup_s is None:
-            self.startup_s = self._epoch_start - STARTED
+            self.startup_s = self._epoch_start - self.started
 
     def on_train_batch_end(self, *args: Any) -> None:
         self._train_seconds = time.perf_counter() - self._epoch_start  # training only, not the val pass after it

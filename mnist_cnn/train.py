@@ -27,6 +27,7 @@ from mnist_cnn.distributed import check_devices, install_job_launcher, one_job  
 from mnist_cnn.errors import exit_if_user_error, one_line_errors
 
 log = logging.getLogger("mnist_cnn.train")
+JOBS_STARTED = 0  # jobs this process has begun: a multirun's later jobs skip the imports, so start-up counts from them
 PACKAGES = ("torch", "torchvision", "lightning", "hydra-core", "torchmetrics", "tensorboard", "numpy")
 
 
@@ -108,7 +109,8 @@ def drop_val_monitors(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best (by val) checkpoint on the official test set; returns metrics.json's content."""
-    start = time.perf_counter()
+    global JOBS_STARTED
+    start, JOBS_STARTED = time.perf_counter(), JOBS_STARTED + 1
     import lightning.pytorch as pl
     from hydra.utils import instantiate
     from lightning.pytorch.utilities import rank_zero_only
@@ -133,6 +135,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_devices(str(cfg.trainer.accelerator), cfg.trainer.devices)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _recursive_=False, _convert_="all")
+    if JOBS_STARTED > 1:
+        model.started = start
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

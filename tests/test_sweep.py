@@ -61,6 +61,8 @@ def test_seed_by_lr_multirun_on_real_mnist(tmp_path: Path) -> None:
         assert float(r["val/acc_best"]) == pytest.approx(m["val/acc_best"]) and float(r["test/acc"]) == m["test/acc"]
         assert Path(r["checkpoint"]) == Path(m["best_ckpt"]) and Path(r["checkpoint"]).is_file()
         assert float(r["wall_time_s"]) >= m["wall_time_s"] - 0.01 > 0  # the job, Hydra's part included
+        if r["job"] != "0":  # start-up counts from the job's own start, not from the first job's
+            assert 0 < m["startup_s"] < m["wall_time_s"]
         assert list((sweep / r["job"] / "tensorboard").glob("events.out.tfevents.*"))  # all under one logdir
 
     md = (sweep / "summary.md").read_text()
