@@ -35,11 +35,11 @@ SEED_SCRIPT = REPO.parent / "shared" / "seed_article" / "seed_script.py"
 def cases(data: str, seed_script: Path) -> dict[str, list[str]]:
     py = sys.executable
     one_epoch = ["trainer.max_epochs=1", "data.val_size=0", f"data.data_dir={data}", "logger=none"]
-    return {
+    return {  # in this order, so each ratio's two cases run back to back (a-c, c-bbf16, b32-c32, fast-a3)
         "a": [py, str(seed_script), data, "1"],
-        "b32": [py, "benchmarks/raw_loop.py", data],
-        "bbf16": [py, "benchmarks/raw_loop.py", data, "--bf16", "--channels-last"],
         "c": [py, "train.py", *one_epoch],
+        "bbf16": [py, "benchmarks/raw_loop.py", data, "--bf16", "--channels-last"],
+        "b32": [py, "benchmarks/raw_loop.py", data],
         "c32": [py, "train.py", *one_epoch, "trainer.precision=32-true", "model.channels_last=false"],
         "fast": [py, "train.py", "experiment=fast", f"data.data_dir={data}"],
         "a3": [py, str(seed_script), data, "3"],
@@ -86,8 +86,8 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in todo}
     print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):  # interleaved: every case once per round, so drift hits all alike
-            for name, cmd in todo.items():
+        for r in range(args.rounds):  # interleaved, every case once per round; odd rounds in reverse order
+            for name, cmd in list(todo.items())[:: -1 if r % 2 else 1]:
                 res = run(cmd, Path(tmp) / f"{name}-{r}")
                 results[name].append(res)
                 print(f"round {r + 1} {name:6s} " + " ".join(f"{k}={v:.4g}" for k, v in res.items()), flush=True)
@@ -100,10 +100,13 @@ def main() -> None:
               ("c / bbf16 train img/s, both bf16+NHWC (target >= 0.90)", "c", "bbf16", "imgs_per_s"),
               ("c32 / b32 train img/s, both fp32 (target >= 0.90)", "c32", "b32", "imgs_per_s"),
               ("fast / a3 wall (target <= 0.35)", "fast", "a3", "wall_s")]  # fmt: skip
-    print()
+    # The VM drifts by tens of percent between minutes: a ratio of two cases that ran back to back in the same
+    # round cancels most of it (the check); the ratio of the two medians is printed beside it.
+    print("\nratios: median of the per-round ratios (each round's pair ran back to back) | ratio of medians")
     for label, num, den, field in ratios:
         if num in med and den in med:
-            print(f"{label}: {med[num][field] / med[den][field]:.2f}")
+            paired = statistics.median(x[field] / y[field] for x, y in zip(results[num], results[den], strict=True))
+            print(f"{label}: {paired:.2f} | {med[num][field] / med[den][field]:.2f}")
     if "fast" in med:
         print(f"fast: {med['fast']['wall_s']:.1f} s wall (target <= 25), test acc {med['fast']['test_acc']:.4f}")
     if args.json:
