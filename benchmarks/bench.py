@@ -1,6 +1,6 @@
 """Speed benchmark: the seed script vs a raw tensor loop vs `train.py`, same machine, interleaved rounds.
 
-    python benchmarks/bench.py                      # 3 rounds, real MNIST from $MNIST_DATA_DIR
+    python benchmarks/bench.py                      # 5 rounds (~18 min), real MNIST from $MNIST_DATA_DIR
     python benchmarks/bench.py --rounds 5 --json bench.json
 
 Cases (each a fresh process, so start-up counts in wall time):
@@ -77,7 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--seed-script", type=Path, default=SEED_SCRIPT)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)  # the VM drifts: 5 rounds steady the medians
     ap.add_argument("--only", nargs="*", help="run only these cases")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
