@@ -21,6 +21,8 @@ from mnist_cnn import CONFIG_DIR
 from mnist_cnn.distributed import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
+# No progress bar: nulling the callback alone would make Lightning add its default (Rich, every step).
+QUIET = ("callbacks.progress_bar=null", "+trainer.enable_progress_bar=false")
 
 
 def real_data_dir() -> Path:

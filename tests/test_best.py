@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import check, metrics, run_train
+from conftest import QUIET, check, metrics, run_train
 
 from mnist_cnn.augment import random_affine
 from mnist_cnn.data import MNISTDataModule
@@ -37,8 +37,7 @@ def test_random_affine_is_identity_at_zero_and_keeps_the_background() -> None:
 def test_best_preset_tests_the_weights_it_validated(tiny_mnist: Path, tmp_path: Path) -> None:
     """The EMA weights are checkpointed, and test/acc is exactly what that checkpoint scores (not the raw weights)."""
     check(run_train("experiment=best", "debug=limit", "data.val_size=50", f"data.data_dir={tiny_mnist}",
-                    f"hydra.run.dir={tmp_path}", "callbacks.progress_bar=null",
-                    "+trainer.enable_progress_bar=false"))  # fmt: skip
+                    f"hydra.run.dir={tmp_path}", *QUIET))  # fmt: skip
     m = metrics(tmp_path)
     ckpt = torch.load(m["best_ckpt"], weights_only=True)  # plain containers only
     assert ckpt["hyper_parameters"]["augment"]["degrees"] > 0 and ckpt["hyper_parameters"]["label_smoothing"] > 0

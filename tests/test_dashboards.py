@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, check, metrics, run_train
+from conftest import QUIET, REPO, check, metrics, run_train
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -21,11 +21,6 @@ from mnist_cnn.dashboards import TestDashboards
 from mnist_cnn.data import MNISTDataModule, normalize
 from mnist_cnn.figures import confusion_matrix_image
 from mnist_cnn.module import MNISTClassifier
-
-QUIET = (
-    "callbacks.progress_bar=null",
-    "+trainer.enable_progress_bar=false",
-)
 
 
 def read_events(logdir: Path) -> EventAccumulator:

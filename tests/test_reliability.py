@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, metrics
+from conftest import QUIET, REPO, metrics
 from inject import as_unprivileged, world_readable_dir
 
 from mnist_cnn.module import MNISTClassifier
@@ -37,8 +37,7 @@ RUN = (
     "trainer.deterministic=true",
     "seed=7",
     "logger=csv",
-    "callbacks.progress_bar=null",
-    "+trainer.enable_progress_bar=false",
+    *QUIET,
     "callbacks.model_checkpoint.save_top_k=-1",
 )
 QUICK = ("debug=limit", "data.val_size=50", "logger=none", "trainer.accelerator=cpu")

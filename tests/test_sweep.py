@@ -10,17 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import check, real_data_dir, run_train
+from conftest import QUIET, check, real_data_dir, run_train
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from mnist_cnn.sweep import SweepSummary, render_markdown
-
-QUIET = (
-    "callbacks.progress_bar=null",
-    "+trainer.enable_progress_bar=false",
-)
 
 
 def rows(sweep: Path) -> list[dict[str, str]]:
