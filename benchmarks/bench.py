@@ -1,7 +1,7 @@
 """Speed benchmark: the seed script vs a raw tensor loop vs `train.py`, same machine, interleaved rounds.
 
-    python benchmarks/bench.py                      # 5 rounds (~18 min), real MNIST from $MNIST_DATA_DIR
-    python benchmarks/bench.py --rounds 5 --json bench.json
+    python benchmarks/bench.py                      # 5 rounds (~19 min), real MNIST from $MNIST_DATA_DIR
+    python benchmarks/bench.py --rounds 3 --json bench.json   # quicker, raw results kept
 
 Cases (each a fresh process, so start-up counts in wall time):
   a      the seed article's script as written (per-sample PIL + DataLoader, fp32), 1 epoch on 60k
