@@ -150,7 +150,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
     if trainer.is_global_zero:
         for logger in trainer.loggers:
-            hp = {"hp/test_acc": metrics["test/acc"], "hp/val_acc": metrics.get("val/acc_best", float("nan"))}
+            hp = {"hp/test_acc": metrics["test/acc"]}
+            if "val/acc_best" in metrics:  # data.val_size=0 has no val score: left empty, not a made-up NaN
+                hp["hp/val_acc"] = metrics["val/acc_best"]
             logger.log_metrics(hp, step=trainer.global_step)
             logger.finalize("success")  # fit/test already closed it; this closes what log_metrics reopened
         write_json(out / "metrics.json", metrics)

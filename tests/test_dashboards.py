@@ -49,6 +49,16 @@ def test_run_event_files_have_hparams_with_real_metrics_and_test_images(tiny_mni
     assert wrong.size[0] >= 300 and wrong.size[1] > 56  # random images: nearly all of them are misclassified
 
 
+def test_a_run_without_validation_logs_no_made_up_val_score(tiny_mnist: Path, tmp_path: Path) -> None:
+    """`data.val_size=0` (as `experiment=best` trains): hp/test_acc is real, hp/val_acc stays empty, not NaN."""
+    check(run_train("debug=limit", "data.val_size=0", f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}",
+                    *QUIET))  # fmt: skip
+    m, acc = metrics(tmp_path), read_events(tmp_path / "tensorboard")
+    assert "val/acc_best" not in m and not any(t.startswith("val/") for t in acc.Tags()["scalars"])
+    assert [e.value for e in acc.Scalars("hp/test_acc")] == [pytest.approx(m["test/acc"])]
+    assert "hp/val_acc" not in acc.Tags()["scalars"]
+
+
 def test_confusion_matrix_and_misclassified_match_the_predictions(tiny_mnist: Path, tmp_path: Path) -> None:
     """The callback's matrix counts exactly the model's test predictions; the grid holds the first mistakes."""
     torch.manual_seed(0)
