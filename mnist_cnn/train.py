@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import atexit
-import gc
 import json
 import logging
 import os
@@ -182,15 +181,7 @@ def describe_processes(trainer: Any, cfg: DictConfig) -> None:
 
 
 def fit_and_test(trainer: Any, model: Any, datamodule: Any, cfg: DictConfig) -> dict[str, Any]:
-    # Lightning's loop allocates enough per step to trigger the cyclic garbage collector, whose full passes (about
-    # one per 300 steps) rescan the ~400k objects torch and Lightning's imports left, ~0.2 s each on the 2-core CPU.
-    # Frozen, they are skipped: +3-8% train images/s at batch 64 there (README "Speed"). Unfrozen after, so the
-    # objects of a multirun job that die in cycles are still collected before the next job.
-    gc.freeze()
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    finally:
-        gc.unfreeze()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     val_best = trainer.callback_metrics.get("val/acc_best")
     speed = trainer.callback_metrics.get("perf/train_images_per_s")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
