@@ -22,3 +22,26 @@ def atomic_write(path: Path, text: str) -> None:
 
 class UserError(Exception):
     """A problem the user can fix (bad config, missing data): reported as one line, no traceback."""
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Let glibc's malloc reuse freed blocks instead of handing them back to the OS after every step.
+
+    By default glibc maps big blocks fresh and trims the heap top, with thresholds that adapt to the order of
+    past frees; a training process that lands badly re-faults each step's activation buffers page by page
+    (2-4M page faults instead of ~0.7M in an epoch of the default run, ~1.5x slower). Fixed thresholds stop
+    that. False where the C library is not glibc (nothing to tune).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))

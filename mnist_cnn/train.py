@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnist_cnn import CONFIG_DIR, atomic_write
+from mnist_cnn import CONFIG_DIR, atomic_write, keep_freed_memory
 from mnist_cnn.distributed import check_devices, install_job_launcher, one_job  # also registers conf's resolvers
 from mnist_cnn.errors import exit_if_user_error, one_line_errors
 
@@ -125,6 +125,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mnist_cnn.validate import validate
 
     validate(cfg)  # types, ranges, targets, data headers, the checkpoint to resume: one line, before any work
+    if cfg.get("keep_freed_memory"):
+        keep_freed_memory()
     out = Path(cfg.paths.output_dir)
     log.info("overrides: %s", " ".join(HydraConfig.get().overrides.task) or "(none)")  # in every rank's log
     if cfg.get("seed") is not None:
