@@ -1,12 +1,13 @@
 """Speed benchmark: the seed script vs a raw tensor loop vs `train.py`, same machine, interleaved rounds.
 
-    python benchmarks/bench.py                      # 5 rounds (~19 min), real MNIST from $MNIST_DATA_DIR
+    python benchmarks/bench.py                      # 5 rounds (~21 min), real MNIST from $MNIST_DATA_DIR
     python benchmarks/bench.py --rounds 3 --json bench.json   # quicker, raw results kept
 
 Cases (each a fresh process, so start-up counts in wall time):
   a      the seed article's script as written (per-sample PIL + DataLoader, fp32), 1 epoch on 60k
   b32    a plain loop slicing batches from one preloaded tensor, fp32, 1 epoch
   bbf16  the same loop with bf16 autocast + channels_last
+  bbf16k bbf16 with train.py's malloc setting (keep_freed_memory), so c / bbf16k is Lightning's share alone
   c      `python train.py` with the project's defaults, same net, batch 64, 1 epoch on all 60k
   c32    `python train.py` forced to fp32 and NCHW (to compare with b32 like for like)
   fast   `python train.py experiment=fast` (700 steps of 128; time to >= 99.0% test accuracy)
@@ -35,10 +36,11 @@ SEED_SCRIPT = REPO.parent / "shared" / "seed_article" / "seed_script.py"
 def cases(data: str, seed_script: Path) -> dict[str, list[str]]:
     py = sys.executable
     one_epoch = ["trainer.max_epochs=1", "data.val_size=0", f"data.data_dir={data}", "logger=none"]
-    return {  # in this order, so each ratio's two cases run back to back (a-c, c-bbf16, b32-c32, fast-a3)
+    return {  # in this order, so each ratio's cases run back to back (a-c, c-bbf16(k), b32-c32, fast-a3)
         "a": [py, str(seed_script), data, "1"],
         "c": [py, "train.py", *one_epoch],
         "bbf16": [py, "benchmarks/raw_loop.py", data, "--bf16", "--channels-last"],
+        "bbf16k": [py, "benchmarks/raw_loop.py", data, "--bf16", "--channels-last", "--keep-freed-memory"],
         "b32": [py, "benchmarks/raw_loop.py", data],
         "c32": [py, "train.py", *one_epoch, "trainer.precision=32-true", "model.channels_last=false"],
         "fast": [py, "train.py", "experiment=fast", f"data.data_dir={data}"],
@@ -98,6 +100,7 @@ def main() -> None:
         print(f"{k:6s} {m['imgs_per_s']:12.0f} {m['wall_s']:8.1f} {m['startup_s']:10.2f} {m['test_acc']:9.4f}")
     ratios = [("c / a   train img/s (target >= 2.2)", "c", "a", "imgs_per_s"),
               ("c / bbf16 train img/s, both bf16+NHWC (target >= 0.90)", "c", "bbf16", "imgs_per_s"),
+              ("c / bbf16k train img/s, both also with train.py's malloc setting", "c", "bbf16k", "imgs_per_s"),
               ("c32 / b32 train img/s, both fp32 (target >= 0.90)", "c32", "b32", "imgs_per_s"),
               ("fast / a3 wall (target <= 0.35)", "fast", "a3", "wall_s")]  # fmt: skip
     # The VM drifts by tens of percent between minutes: a ratio of two cases that ran back to back in the same

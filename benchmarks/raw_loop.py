@@ -4,6 +4,7 @@ No framework, no per-sample work: what the hardware gives this net at this batch
 script's key=value line so the benchmark parses both the same way.
 
     python benchmarks/raw_loop.py DATA_DIR [--epochs 1] [--batch-size 64] [--bf16] [--channels-last]
+                                  [--keep-freed-memory]   # train.py's malloc setting (mnist_cnn.keep_freed_memory)
 """
 
 import time
@@ -16,6 +17,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
+from mnist_cnn import keep_freed_memory  # noqa: E402
 from mnist_cnn.data import normalize  # noqa: E402
 from mnist_cnn.net import SimpleCNN  # noqa: E402
 
@@ -27,7 +29,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--keep-freed-memory", action="store_true")
     args = ap.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(0)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     train, test = datasets.MNIST(args.data_dir, train=True), datasets.MNIST(args.data_dir, train=False)
