@@ -91,6 +91,7 @@ RULES: dict[str, Rule] = {
     "model.optimizer.eps": number(0, strict=True),
     "model.net.num_classes": Rule("10 (MNIST has ten digits)", lambda v: is_int(v) and v == 10),
     "model.compile": BOOL,
+    "keep_freed_memory": BOOL,
     "model.label_smoothing": number(0, strict=False, hi=1),
     "trainer.devices": Rule("an integer >= 1, -1 (all), 'auto', or a list of device indices like [0, 1]", _devices),
     "trainer.num_nodes": integer(1),
