@@ -36,7 +36,7 @@ SEED_SCRIPT = REPO.parent / "shared" / "seed_article" / "seed_script.py"
 def cases(data: str, seed_script: Path) -> dict[str, list[str]]:
     py = sys.executable
     one_epoch = ["trainer.max_epochs=1", "data.val_size=0", f"data.data_dir={data}", "logger=none"]
-    return {  # in this order, so each ratio's cases run back to back (a-c, c-bbf16(k), b32-c32, fast-a3)
+    return {  # in this order, so compared cases run back to back (a-c, c-bbf16, b32-c32, fast-a3; bbf16k just after)
         "a": [py, str(seed_script), data, "1"],
         "c": [py, "train.py", *one_epoch],
         "bbf16": [py, "benchmarks/raw_loop.py", data, "--bf16", "--channels-last"],

@@ -77,6 +77,7 @@ BOOL = Rule("true or false", lambda v: isinstance(v, bool))
 SEED = integer(0, 4294967295)
 RULES: dict[str, Rule] = {
     "seed": nullable(SEED),
+    "keep_freed_memory": BOOL,
     "data.data_dir": Rule("a folder path", lambda v: isinstance(v, str) and bool(v.strip())),
     "data.batch_size": integer(1),
     "data.eval_batch_size": integer(1),
@@ -91,7 +92,6 @@ RULES: dict[str, Rule] = {
     "model.optimizer.eps": number(0, strict=True),
     "model.net.num_classes": Rule("10 (MNIST has ten digits)", lambda v: is_int(v) and v == 10),
     "model.compile": BOOL,
-    "keep_freed_memory": BOOL,
     "model.label_smoothing": number(0, strict=False, hi=1),
     "trainer.devices": Rule("an integer >= 1, -1 (all), 'auto', or a list of device indices like [0, 1]", _devices),
     "trainer.num_nodes": integer(1),
