@@ -17,9 +17,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from mnist_cnn import keep_freed_memory  # noqa: E402
-from mnist_cnn.data import normalize  # noqa: E402
-from mnist_cnn.net import SimpleCNN  # noqa: E402
+from mnist_cnn.core.memory import keep_freed_memory  # noqa: E402
+from mnist_cnn.data.contract import normalize  # noqa: E402
+from mnist_cnn.models.nets import SimpleCNN  # noqa: E402
 
 
 def main() -> None:

@@ -1,93 +1,49 @@
 """Evaluate a checkpoint on the official test set: `python -m mnist_cnn.evaluate ckpt_path=PATH` (`mnist-eval`).
 
 Runs `trainer.test` with the training config's own `data` and `trainer` groups, so accuracy and loss are
-the numbers the training run's test phase reported; adds per-class accuracy and a confusion matrix.
-Writes `metrics.json` (training's keys plus those) and `confusion_matrix.png` to logs/eval/runs/<run>/.
+the numbers the training run's test phase reported; adds per-class accuracy and a confusion matrix (the
+same callback that draws training's TensorBoard pictures). Writes `metrics.json` (training's keys plus
+those) and `confusion_matrix.png` to logs/eval/runs/<run>/.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
-from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, open_dict
 
-from mnist_cnn import CONFIG_DIR, UserError
-from mnist_cnn.errors import exit_if_user_error, one_line_errors
-from mnist_cnn.train import write_json  # importing train also registers the resolvers conf/hydra uses
+from mnist_cnn import CONFIG_DIR
+from mnist_cnn.config.resolvers import register_resolvers
+from mnist_cnn.config.validate import ValidateConfig, validate
+from mnist_cnn.core.errors import UserError, exit_if_user_error, one_line_errors
+from mnist_cnn.core.io import write_json
+from mnist_cnn.train import quiet_lightning
 
 log = logging.getLogger("mnist_cnn.evaluate")
-NUM_CLASSES = 10
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Training's config checks (`mnist_cnn.validate`) for the groups evaluation shares, then the checkpoint.
+class ValidateEvalConfig(ValidateConfig):
+    """Training's checks for the groups evaluation shares, then `ckpt_path` as a checkpoint to evaluate.
 
     `validate` reads `ckpt_path` as a checkpoint to resume and compares its net with `model.net`, which an
     evaluation config does not have: the checkpoint is checked here instead.
     """
-    from mnist_cnn.checkpoints import load_checkpoint
-    from mnist_cnn.validate import validate
 
-    if not cfg.get("ckpt_path"):
-        raise UserError("ckpt_path=PATH is required: the checkpoint to evaluate (a .ckpt from a training run)")
-    shared = cfg.copy()
-    with open_dict(shared):
-        shared.ckpt_path = None
-    validate(shared)
-    load_checkpoint(cfg.ckpt_path, key="ckpt_path")
+    def check(self, config: DictConfig) -> None:
+        from mnist_cnn.core.checkpoints import load_checkpoint
 
-
-class ValidateEvalConfig(HydraCallback):
-    """Hydra callback (conf/evaluate.yaml): check before the run folder exists, so a typo leaves nothing."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            check_config(config)
-        except UserError as err:
-            exit_if_user_error(err)  # returns under HYDRA_FULL_ERROR=1: evaluate() raises it in full
-
-
-def confusion_callback() -> Any:
-    """A callback that counts (true, predicted) pairs from the very logits `test_step` computes.
-
-    A forward hook on the module catches them, so nothing is run twice; torchmetrics sums the counts
-    over processes under DDP.
-    """
-    from lightning.pytorch import Callback
-    from torchmetrics.classification import MulticlassConfusionMatrix
-
-    class ConfusionMatrix(Callback):
-        def __init__(self) -> None:
-            self.metric = MulticlassConfusionMatrix(NUM_CLASSES)
-            self.counts = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-            self._logits: Any = None
-            self._hook: Any = None
-
-        def _keep(self, module: Any, args: Any, output: Any) -> None:
-            self._logits = output.detach()
-
-        def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-            self.metric = self.metric.to(pl_module.device)
-            self.metric.reset()
-            self._hook = pl_module.register_forward_hook(self._keep)
-
-        def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any) -> None:
-            self.metric.update(self._logits.argmax(dim=1), batch[1])
-
-        def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            self.counts = self.metric.compute().cpu().numpy().astype(np.int64)
-
-        def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-            self._hook.remove()
-
-    return ConfusionMatrix()
+        if not config.get("ckpt_path"):
+            raise UserError("ckpt_path=PATH is required: the checkpoint to evaluate (a .ckpt from a training run)")
+        shared = config.copy()
+        with open_dict(shared):
+            shared.ckpt_path = None
+        validate(shared)
+        load_checkpoint(config.ckpt_path, key="ckpt_path")
 
 
 def per_class_accuracy(counts: np.ndarray) -> dict[str, float | None]:
@@ -97,21 +53,20 @@ def per_class_accuracy(counts: np.ndarray) -> dict[str, float | None]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test `cfg.ckpt_path` on the official test set; returns metrics.json's content."""
+    """Test `cfg.ckpt_path` (checked by ValidateEvalConfig) on the official test set; returns metrics.json."""
     start = time.perf_counter()
-    check_config(cfg)
     from hydra.utils import instantiate
 
-    from mnist_cnn.figures import confusion_matrix_image, save_png
-    from mnist_cnn.inference import load_classifier
+    from mnist_cnn.callbacks.dashboards import TestDashboards
+    from mnist_cnn.callbacks.figures import confusion_matrix_image, save_png
+    from mnist_cnn.infer.classifiers import load_classifier
 
-    logging.getLogger("lightning").handlers.clear()  # Hydra's handlers already print and file its records
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs new torch
+    quiet_lightning()
     ckpt = Path(cfg.ckpt_path).expanduser().resolve()
     out = Path(cfg.paths.output_dir)
     model = load_classifier(ckpt, key="ckpt_path")
     datamodule = instantiate(cfg.data)
-    confusion = confusion_callback()
+    confusion = TestDashboards(max_misclassified=0)
     trainer = instantiate(cfg.trainer, callbacks=[confusion], logger=False, enable_checkpointing=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
 
@@ -155,6 +110,7 @@ def hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """`python -m mnist_cnn.evaluate` and `mnist-eval`: every user error one `error:` line."""
+    register_resolvers()
     with one_line_errors():
         hydra_main()
 

@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from mnist_cnn import CONFIG_DIR
-from mnist_cnn.distributed import register_resolvers
+from mnist_cnn.config.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 # No progress bar: nulling the callback alone would make Lightning add its default (Rich, every step).

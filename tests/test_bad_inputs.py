@@ -24,7 +24,7 @@ from conftest import REPO, make_tiny_mnist, write_idx
 from omegaconf import OmegaConf
 
 from mnist_cnn import CONFIG_DIR
-from mnist_cnn.net import SimpleCNN
+from mnist_cnn.models.nets import SimpleCNN
 
 COMMON = ("debug=limit", "data.val_size=50", "logger=none")
 DEAD_PROXY = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
@@ -60,7 +60,7 @@ def corrupt(tiny: Path, root: Path, name: str, fn: str, edit: Callable[[Path], o
 
 def lightning_ckpt(path: Path, net: dict | None = None, **extra: object) -> Path:
     """A minimal Lightning-style checkpoint: what `validate` inspects before resuming."""
-    net = net or {"_target_": "mnist_cnn.net.SimpleCNN", "num_classes": 10}
+    net = net or {"_target_": "mnist_cnn.models.nets.SimpleCNN", "num_classes": 10}
     hparams = {"net": net, "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}}
     torch.save({"state_dict": {}, "hyper_parameters": hparams, "epoch": 0, "global_step": 0, **extra}, path)
     return path
@@ -108,10 +108,13 @@ def cases(bad_root: Path) -> dict[str, Case]:
     (ck / "empty.ckpt").write_bytes(b"")
     torch.save({"state_dict": {}, "x": Payload(root / "PWNED")}, ck / "payload.ckpt")
     lightning_ckpt(ck / "foreign.ckpt", {"_target_": "os.system", "command": f"touch {root / 'PWNED'}"})
-    nested = {"_target_": "mnist_cnn.net.SimpleCNN", "num_classes": {"_target_": "builtins.eval", "_args_": ["10"]}}
+    nested = {
+        "_target_": "mnist_cnn.models.nets.SimpleCNN",
+        "num_classes": {"_target_": "builtins.eval", "_args_": ["10"]},
+    }
     lightning_ckpt(ck / "nested.ckpt", nested)
     torch.save(SimpleCNN().state_dict(), ck / "seed_script.pt")
-    lightning_ckpt(ck / "other_net.ckpt", {"_target_": "mnist_cnn.net.SimpleCNN", "num_classes": 7})
+    lightning_ckpt(ck / "other_net.ckpt", {"_target_": "mnist_cnn.models.nets.SimpleCNN", "num_classes": 7})
     this_net = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "model" / "simple_cnn.yaml").net)
 
     def c(*args: str, msg: str, **kw: object) -> Case:
@@ -173,7 +176,7 @@ def cases(bad_root: Path) -> dict[str, Case]:
         "ckpt_foreign_target": c(f"ckpt_path={ck}/foreign.ckpt", msg=f"ckpt_path={ck}/foreign.ckpt: refused: model.net._target_='os.system' is not allowed: it must start with 'mnist_cnn.'"),
         "ckpt_nested_target": c(f"ckpt_path={ck}/nested.ckpt", msg=f"ckpt_path={ck}/nested.ckpt: refused: model.net.num_classes._target_='builtins.eval' is not allowed: it must start with 'mnist_cnn.'"),
         "ckpt_bare_state_dict": c(f"ckpt_path={ck}/seed_script.pt", msg=f"ckpt_path={ck}/seed_script.pt: a PyTorch file but not a Lightning checkpoint (no 'state_dict'); a bare state_dict, such as the seed script's, cannot be resumed"),
-        "ckpt_other_net": c(f"ckpt_path={ck}/other_net.ckpt", msg=f"ckpt_path={ck}/other_net.ckpt was trained with model.net={{'_target_': 'mnist_cnn.net.SimpleCNN', 'num_classes': 7}}, but this run builds model.net={this_net}; resume with the same model.net"),
+        "ckpt_other_net": c(f"ckpt_path={ck}/other_net.ckpt", msg=f"ckpt_path={ck}/other_net.ckpt was trained with model.net={{'_target_': 'mnist_cnn.models.nets.SimpleCNN', 'num_classes': 7}}, but this run builds model.net={this_net}; resume with the same model.net"),
     }
     # fmt: on
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from conftest import QUIET, check, metrics, run_train
 
-from mnist_cnn.augment import random_affine
-from mnist_cnn.data import MNISTDataModule
-from mnist_cnn.module import MNISTClassifier
-from mnist_cnn.net import BNCNN
+from mnist_cnn.data.augment import random_affine
+from mnist_cnn.data.datamodule import MNISTDataModule
+from mnist_cnn.models.module import MNISTClassifier
+from mnist_cnn.models.nets import BNCNN
 
 
 def test_bncnn_shapes_and_size() -> None:

@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 
 from mnist_cnn import CONFIG_DIR
-from mnist_cnn.data import MNISTDataModule
-from mnist_cnn.module import MNISTClassifier
+from mnist_cnn.data.datamodule import MNISTDataModule
+from mnist_cnn.models.module import MNISTClassifier
 
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir())
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
@@ -49,7 +49,7 @@ def test_every_option_composes_and_builds(
 def test_defaults_users_rely_on(compose_cfg: Any) -> None:
     cfg = compose_cfg()
     assert cfg.data.batch_size == 64 and cfg.data.val_size == 5000 and cfg.data.loader == "memory"
-    assert cfg.model.net._target_ == "mnist_cnn.net.SimpleCNN"
+    assert cfg.model.net._target_ == "mnist_cnn.models.nets.SimpleCNN"
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 0.001
     assert cfg.model.optimizer._partial_ is True and cfg.model.scheduler is None
     for key in ("max_epochs", "accelerator", "devices", "precision", "strategy"):
@@ -77,4 +77,4 @@ def test_overrides_reach_the_objects(compose_cfg: Any) -> None:
 def test_seed_experiment_is_the_articles_recipe(compose_cfg: Any) -> None:
     cfg = compose_cfg("experiment=seed")
     assert cfg.data.val_size == 0 and cfg.data.batch_size == 64 and cfg.trainer.max_epochs == 1
-    assert cfg.model.optimizer.lr == 0.001 and cfg.model.net._target_ == "mnist_cnn.net.SimpleCNN"
+    assert cfg.model.optimizer.lr == 0.001 and cfg.model.net._target_ == "mnist_cnn.models.nets.SimpleCNN"

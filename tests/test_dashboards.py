@@ -17,10 +17,10 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnist_cnn.dashboards import TestDashboards
-from mnist_cnn.data import MNISTDataModule, normalize
-from mnist_cnn.figures import confusion_matrix_image
-from mnist_cnn.module import MNISTClassifier
+from mnist_cnn.callbacks.dashboards import TestDashboards
+from mnist_cnn.callbacks.figures import confusion_matrix_image
+from mnist_cnn.data.datamodule import MNISTDataModule
+from mnist_cnn.models.module import MNISTClassifier
 
 
 def read_events(logdir: Path) -> EventAccumulator:
@@ -62,7 +62,8 @@ def test_a_run_without_validation_logs_no_made_up_val_score(tiny_mnist: Path, tm
 def test_confusion_matrix_and_misclassified_match_the_predictions(tiny_mnist: Path, tmp_path: Path) -> None:
     """The callback's matrix counts exactly the model's test predictions; the grid holds the first mistakes."""
     torch.manual_seed(0)
-    model = MNISTClassifier(net={"_target_": "mnist_cnn.net.SimpleCNN"}, optimizer={"_target_": "torch.optim.Adam"})
+    net, optimizer = {"_target_": "mnist_cnn.models.nets.SimpleCNN"}, {"_target_": "torch.optim.Adam"}
+    model = MNISTClassifier(net=net, optimizer=optimizer)
     dm = MNISTDataModule(str(tiny_mnist), val_size=50, eval_batch_size=50)
     dashboards = TestDashboards(max_misclassified=20)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=TensorBoardLogger(tmp_path, name="tb", version=""),
@@ -70,7 +71,7 @@ def test_confusion_matrix_and_misclassified_match_the_predictions(tiny_mnist: Pa
     trainer.test(model, datamodule=dm, verbose=False)
     images, labels = dm.datasets["test"]
     with torch.no_grad():
-        preds = model.eval()(normalize(images)).argmax(1)
+        preds = model.eval()(images).argmax(1)
     expected = torch.zeros(10, 10, dtype=torch.long)
     for t, p in zip(labels.tolist(), preds.tolist(), strict=True):
         expected[t, p] += 1
@@ -78,7 +79,7 @@ def test_confusion_matrix_and_misclassified_match_the_predictions(tiny_mnist: Pa
     wrong_idx = (preds != labels).nonzero().flatten()[:20]
     xs, ys, ps = (torch.cat(parts) for parts in zip(*dashboards.wrong, strict=True))
     assert torch.equal(ys, labels[wrong_idx]) and torch.equal(ps, preds[wrong_idx])
-    assert torch.allclose(xs, normalize(images[wrong_idx]))
+    assert torch.equal(xs, images[wrong_idx])  # the uint8 pixels the model was given
     acc = read_events(tmp_path / "tb")
     logged = np.asarray(image(acc, "confusion").convert("RGB"))  # PNG: lossless, so the exact figure
     assert np.array_equal(logged, confusion_matrix_image(expected.numpy(), title="test set"))
@@ -97,7 +98,7 @@ def test_mlflow_logger_uses_a_local_file_store(tiny_mnist: Path, tmp_path: Path)
 
 
 def test_mlflow_is_not_imported_unless_it_is_the_logger() -> None:
-    code = ("import sys, mnist_cnn.train, mnist_cnn.dashboards, mnist_cnn.sweep, lightning.pytorch.loggers; "
-            "print('mlflow' in sys.modules)")  # fmt: skip
+    code = ("import sys, mnist_cnn.train, mnist_cnn.callbacks.dashboards, mnist_cnn.config.sweep, "
+            "lightning.pytorch.loggers; print('mlflow' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

@@ -11,13 +11,19 @@ import pytest
 import torch
 from torchvision import datasets, transforms
 
-from mnist_cnn import UserError
-from mnist_cnn.data import MEAN, STD, EvalShard, MNISTDataModule
+from mnist_cnn.core.errors import UserError
+from mnist_cnn.data.contract import MEAN, STD, normalize
+from mnist_cnn.data.datamodule import EvalShard, MNISTDataModule
 
 
 def batches(dm: MNISTDataModule, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches as the net sees them: uint8 from the loader (the contract), normalised by the model first."""
     loader = getattr(dm, f"{split}_dataloader")()
-    return [dm.on_after_batch_transfer(b, 0) for b in loader]
+    out = []
+    for x, y in loader:
+        assert x.dtype == torch.uint8
+        out.append((normalize(x), y))
+    return out
 
 
 def test_sizes_split_and_dtypes(tiny_mnist: Path) -> None:

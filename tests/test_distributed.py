@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import REPO, check, metrics, real_data_dir, run_train
 
-from mnist_cnn import UserError
-from mnist_cnn.distributed import check_devices, job_subprocess_cmd  # noqa: F401  (imported: must not need a GPU)
+from mnist_cnn.config.launch import check_devices, job_subprocess_cmd  # noqa: F401  (imported: must not need a GPU)
+from mnist_cnn.core.errors import UserError
 
 SAME = ("test/acc", "test/loss", "val/acc_best", "n_test")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # same threads per process in every launcher, so results are bit-identical

@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO, metrics, real_data_dir
 from PIL import Image
 
+from mnist_cnn.callbacks.figures import confusion_matrix_image
 from mnist_cnn.evaluate import per_class_accuracy
-from mnist_cnn.figures import confusion_matrix_image
 
 TRAIN_KEYS = {"test/acc", "test/loss", "n_test", "best_ckpt", "output_dir", "wall_time_s"}
 

@@ -15,8 +15,7 @@ from conftest import metrics, real_data_dir
 from synthetic_digits import user_digits
 from torchvision import datasets
 
-from mnist_cnn.data import normalize
-from mnist_cnn.inference import OnnxClassifier, load_classifier
+from mnist_cnn.infer.classifiers import OnnxClassifier, load_classifier
 
 BIN = Path(sys.executable).parent
 
@@ -55,7 +54,7 @@ def test_onnx_and_torch_agree_on_the_10000_test_images(exported: tuple[Path, Pat
     ckpt, onnx_path = exported
     images = mnist_test.data.numpy()
     with torch.inference_mode():
-        expected = load_classifier(ckpt)(normalize(torch.from_numpy(images).unsqueeze(1))).numpy()
+        expected = load_classifier(ckpt)(torch.from_numpy(images).unsqueeze(1)).numpy()
     session = OnnxClassifier(onnx_path)
     got = session.logits(images)  # all 10,000 in one batch
     diff = float(np.abs(got - expected).max())
@@ -73,7 +72,7 @@ def test_predicting_with_onnx_never_imports_torch(exported: tuple[Path, Path], t
     ImageDraw.Draw(img).line([(150, 40), (150, 260)], fill=20, width=22)
     img.save(tmp_path / "one.png")
     code = (
-        "import sys\nfrom mnist_cnn.predict import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "import sys\nfrom mnist_cnn.infer.predict import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
         "    assert not e.code, e.code\nassert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'lightning' not in sys.modules\n"
     )

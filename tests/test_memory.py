@@ -11,7 +11,7 @@ from conftest import REPO
 # A fresh process, as train.py starts: where does a 16 MB buffer (a batch's activations) live?
 WHERE = """
 import sys, torch
-from mnist_cnn import keep_freed_memory
+from mnist_cnn.core.memory import keep_freed_memory
 if sys.argv[1] == "on":
     assert keep_freed_memory()
 x = torch.empty(4 << 20)

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from mnist_cnn.net import SimpleCNN
+from mnist_cnn.models.nets import SimpleCNN
 
 
 def test_output_shape_for_any_batch() -> None:

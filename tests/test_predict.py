@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from synthetic_digits import on_paper, pen_digit, user_digits
 from torchvision import datasets
 
-from mnist_cnn import UserError
-from mnist_cnn.imageops import stroke_width
-from mnist_cnn.preprocess import load_gray, preprocess, to_mnist
+from mnist_cnn.core.errors import UserError
+from mnist_cnn.infer.imageops import stroke_width
+from mnist_cnn.infer.preprocess import load_gray, preprocess, to_mnist
 
 SCRIPT = Path(sys.executable).parent / "mnist-predict"
 
@@ -142,14 +142,13 @@ def mnist_test() -> datasets.MNIST:
 def test_mnist_test_images_saved_as_png_round_trip(
     trained_run: Path, mnist_test: datasets.MNIST, tmp_path: Path
 ) -> None:
-    from mnist_cnn.data import normalize
-    from mnist_cnn.inference import load_classifier
+    from mnist_cnn.infer.classifiers import load_classifier
 
     images, labels = mnist_test.data[:400], mnist_test.targets[:400]
     for i, image in enumerate(images.numpy()):
         Image.fromarray(image).save(tmp_path / f"{i:04d}.png")
     with torch.inference_mode():
-        direct = load_classifier(metrics(trained_run)["best_ckpt"])(normalize(images.unsqueeze(1))).argmax(1)
+        direct = load_classifier(metrics(trained_run)["best_ckpt"])(images.unsqueeze(1)).argmax(1)
     proc = predict_cli(metrics(trained_run)["best_ckpt"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("\t") for line in proc.stdout.splitlines()]

@@ -25,7 +25,7 @@ import torch
 from conftest import QUIET, REPO, metrics
 from inject import as_unprivileged, world_readable_dir
 
-from mnist_cnn.module import MNISTClassifier
+from mnist_cnn.models.module import MNISTClassifier
 
 ENV = {"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # 250 training images in batches of 10: 25 steps an epoch, 2 epochs; every epoch's checkpoint is kept.

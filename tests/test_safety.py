@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from mnist_cnn import UserError
-from mnist_cnn.checkpoints import atomic_save, rng_states, set_rng_states
-from mnist_cnn.data import TensorBatches
-from mnist_cnn.guards import Diverged, DivergenceGuard, Interrupted, Interruptible
+from mnist_cnn.callbacks.guards import Diverged, DivergenceGuard, Interrupted, Interruptible
+from mnist_cnn.core.checkpoints import atomic_save, rng_states, set_rng_states
+from mnist_cnn.core.errors import UserError
+from mnist_cnn.data.datamodule import TensorBatches
 
 
 class FakeTrainer:

@@ -1,4 +1,4 @@
-"""Multirun summaries (mnist_cnn/sweep.py) and the Optuna search, run as users run them: `python train.py -m ...`."""
+"""Multirun summaries (mnist_cnn/config/sweep.py) and the Optuna search, run as users run them: `train.py -m`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from mnist_cnn.sweep import SweepSummary, render_markdown
+from mnist_cnn.config.sweep import SweepSummary, render_markdown
 
 
 def rows(sweep: Path) -> list[dict[str, str]]:

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnist_cnn import UserError
-from mnist_cnn.data import MNISTDataModule
-from mnist_cnn.module import MNISTClassifier
-from mnist_cnn.net import SimpleCNN
+from mnist_cnn.core.errors import UserError
+from mnist_cnn.data.datamodule import MNISTDataModule
+from mnist_cnn.models.module import MNISTClassifier
+from mnist_cnn.models.nets import SimpleCNN
 
 KEYS = {"test/acc", "test/loss", "n_test", "best_ckpt", "output_dir", "wall_time_s"}
 

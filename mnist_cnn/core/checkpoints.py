@@ -5,13 +5,12 @@ disk, a kill or a power cut mid-write never leaves half a `last.ckpt` in place o
 uses `torch.load(weights_only=True)`: a file carrying pickled code is refused (the code never runs), and
 the model config a checkpoint carries may only name classes from `mnist_cnn` and `torch.optim`. Every
 problem is one `UserError` line naming the file. The Trainer uses these through
-`mnist_cnn.guards.SafeCheckpointIO`; torch (and Lightning) are imported only when a file needs unpickling,
+`mnist_cnn.callbacks.guards.SafeCheckpointIO`; torch (and Lightning) are imported only when a file needs unpickling,
 so a wrong path is reported at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
@@ -20,11 +19,27 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from mnist_cnn import UserError
-from mnist_cnn.idx import may
+from mnist_cnn.core.errors import UserError, first_line
+from mnist_cnn.core.io import atomic_write, may
 
 # Checkpoints name what they rebuild; only these may be instantiated from one (a checkpoint is untrusted input).
 ALLOWED_TARGETS = {"net": "mnist_cnn.", "optimizer": "torch.optim.", "scheduler": "torch.optim.lr_scheduler."}
+# Where classes named by checkpoints of an earlier layout live now (the flat package before 2026-12).
+MOVED = {"mnist_cnn.net.": "mnist_cnn.models.nets.", "mnist_cnn.module.": "mnist_cnn.models.module."}
+
+
+def renamed(node: Any) -> Any:
+    """`node` with every `_target_` of an earlier layout rewritten to where that class lives now (see MOVED)."""
+    if isinstance(node, dict):
+        out = {k: renamed(v) for k, v in node.items()}
+        target = out.get("_target_")
+        for old, new in MOVED.items():
+            if isinstance(target, str) and target.startswith(old):
+                out["_target_"] = new + target[len(old) :]
+        return out
+    if isinstance(node, list | tuple):
+        return type(node)(renamed(v) for v in node)
+    return node
 
 
 def checked(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -48,40 +63,17 @@ def checked(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save via temp file + fsync + rename; on any error the old file (if any) is untouched."""
+    """torch.save through the atomic writer; on any error the old file (if any) is untouched."""
     import torch
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:  # same folder: the rename below is atomic
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(obj, f))
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise UserError(
             f"cannot write checkpoint {path}: {err.strerror or err}; checkpoints saved before are unchanged"
         ) from err
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable; not possible on every filesystem
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _first_line(err: BaseException) -> str:
-    """`Type: first sentence` of an error: torch's messages go on for a paragraph."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0].split('. ')[0][:160]}" if text else type(err).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "checkpoint") -> dict[str, Any]:
@@ -115,13 +107,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "che
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError) as err:
         raise UserError(
-            f"{where}: not a readable checkpoint (truncated, corrupt or not a PyTorch file: {_first_line(err)})"
+            f"{where}: not a readable checkpoint (truncated, corrupt or not a PyTorch file: {first_line(err)})"
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(
             f"{where}: a PyTorch file but not a Lightning checkpoint (no 'state_dict'); a bare state_dict, such as "
             "the seed script's, cannot be resumed"
         )
+    if "hyper_parameters" in ckpt:
+        ckpt["hyper_parameters"] = renamed(ckpt["hyper_parameters"])
     check_hparams(ckpt.get("hyper_parameters") or {}, where)
     return ckpt
 

@@ -9,12 +9,13 @@ that first. numpy + Pillow only: the ONNX prediction path must not import torch.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_cnn import UserError
-from mnist_cnn.imageops import box_blur, components, lower_spread, morph, otsu, resize, stroke_width
+from mnist_cnn.core.errors import UserError, first_line
+from mnist_cnn.infer.imageops import box_blur, components, lower_spread, morph, otsu, resize, stroke_width
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 WORK_SIDE = 768  # longer side of the working copy: enough for any digit, bounded cost for 12 MP photos
@@ -27,8 +28,9 @@ THIN, THICK, TARGET_THIN, TARGET_THICK = 1.0, 2.6, 2.0, 2.2
 Array = np.ndarray
 
 
-def load_gray(path: str | Path) -> Array:
-    """Any image file -> float32 gray in [0, 1]; transparency is flattened onto paper that contrasts the ink."""
+def load_gray(path: str | Path | BinaryIO) -> Array:
+    """Any image file (path, or binary file object: `mnist-demo` gets bytes) -> float32 gray in [0, 1];
+    transparency is flattened onto paper that contrasts the ink."""
     try:
         with Image.open(path) as opened:
             img = ImageOps.exif_transpose(opened)  # phone photos are stored sideways with an EXIF rotation
@@ -38,8 +40,7 @@ def load_gray(path: str | Path) -> Array:
     except UnidentifiedImageError:
         raise UserError("not an image (or a format Pillow cannot read)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"cannot read the image (truncated or corrupt?): {why}") from None
+        raise UserError(f"cannot read the image (truncated or corrupt?): {first_line(err, typed=False)}") from None
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit and float images
         a = np.asarray(img, dtype=np.float32)
         return np.clip(a / (65535.0 if a.max() > 255 else 255.0 if a.max() > 1 else 1.0), 0, 1)

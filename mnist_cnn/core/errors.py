@@ -19,7 +19,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mnist_cnn import UserError
+
+class UserError(Exception):
+    """A problem the user can fix (bad config, missing data): reported as one line, no traceback."""
+
+
+def first_line(err: BaseException, limit: int = 160, typed: bool = True) -> str:
+    """`Type: first line` of an exception (`typed=False`: the line alone); library errors can span pages."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if typed or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 # Environment problems with a file or folder: say which, and why, without a traceback.
 FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
@@ -143,8 +154,13 @@ def exit_if_user_error(err: BaseException, log: logging.Logger | None = None) ->
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """While active, Hydra reports user errors as one `error:` line; see the module docstring."""
-    import hydra._internal.utils as hydra_utils
+    try:
+        from mnist_cnn.core import compat  # checks at import that Hydra still has what is patched below
 
+        hydra_utils = compat.hydra_utils()
+    except UserError as err:
+        exit_if_user_error(err)
+        raise
     original: Callable[[Any], Any] = hydra_utils.run_and_report
 
     def run_and_report(func: Callable[[], Any]) -> Any:
@@ -160,7 +176,7 @@ def one_line_errors() -> Iterator[None]:
     setattr(hydra_utils, "run_and_report", run_and_report)  # noqa: B010  # looked up at call time by _run_hydra
     try:
         yield
-    except KeyboardInterrupt:  # Ctrl-C outside training (which mnist_cnn.guards.Interruptible handles)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which mnist_cnn.callbacks.guards.Interruptible handles)
         if full_error():
             raise
         print("error: interrupted (SIGINT) outside training; checkpoints already saved are kept", file=sys.stderr)

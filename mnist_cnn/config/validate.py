@@ -4,29 +4,29 @@ Hydra composes whatever the overrides say, so `data.batch_size=abc` or `trainer.
 Lightning as is and fail later in a traceback (or never: `data.num_workers=-1`). `validate` checks the type
 and range of every knob in conf/, each `_target_` and its argument names, the monitored metrics, the data
 files' headers and the checkpoint to resume from, and raises `UserError`. `ValidateConfig` (a Hydra callback,
-conf/hydra/default.yaml) runs it before the run folder is created; `train()` runs it for every job.
+conf/hydra/default.yaml) runs it once per run, before the run folder is created (each job of a multirun).
 Cheap checks come first, so most typos are reported before Lightning is even imported.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
+import logging
+import traceback
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from mnist_cnn import UserError, idx
-from mnist_cnn.checkpoints import ALLOWED_TARGETS, load_checkpoint
-from mnist_cnn.errors import exit_if_user_error
-from mnist_cnn.schema import RULES, is_int, lightning_rules, one_of, show
+from mnist_cnn.config.schema import RULES, is_int, lightning_rules, one_of, show
+from mnist_cnn.core.checkpoints import ALLOWED_TARGETS, load_checkpoint
+from mnist_cnn.core.errors import UserError, exit_if_user_error, first_line
+from mnist_cnn.data import idx
 
-# What the LightningModule logs, so what a callback may monitor.
-MONITORABLE = ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc")
 _ABSENT = object()
 
 
@@ -41,7 +41,7 @@ def _get(cfg: DictConfig, key: str, resolve: bool = True) -> Any:
         parent, _, leaf = key.rpartition(".")
         raw = OmegaConf.to_container(OmegaConf.select(cfg, parent) if parent else cfg, resolve=False)
         shown = raw.get(leaf, "?") if isinstance(raw, dict) else "?"
-        raise UserError(f"{key}={shown}: cannot resolve it: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{key}={shown}: cannot resolve it: {first_line(err, typed=False)}") from None
 
 
 def _fail(key: str, value: Any, allowed: str) -> UserError:
@@ -54,23 +54,25 @@ def _suggest(name: str, options: list[str]) -> str:
 
 
 def _locate(path: str) -> Any:
-    """Import `a.b.C` as Hydra's instantiate would, with a one-line reason when it is not there."""
-    parts = path.split(".")
-    for i in range(len(parts), 0, -1):
+    """`a.b.C` as Hydra's instantiate finds it; when it is not there, a one-line reason with a suggestion."""
+    from hydra.utils import get_object
+
+    hydra_log = logging.getLogger("hydra.utils")  # get_object logs each miss as an ERROR before raising
+    hydra_log.disabled = True
+    try:
+        return get_object(path)
+    except Exception as err:
+        parent, _, name = path.rpartition(".")
         try:
-            obj = importlib.import_module(".".join(parts[:i]))
-            break
-        except ModuleNotFoundError as err:
-            if err.name is None or not ".".join(parts[:i]).startswith(err.name):
-                raise  # the module exists but needs something that is missing
-    else:
-        raise ImportError(f"no module named {parts[0]!r}")
-    for j in range(i, len(parts)):
-        if not hasattr(obj, parts[j]):
-            public = [n for n in dir(obj) if not n.startswith("_") and isinstance(getattr(obj, n), type)]
-            raise ImportError(f"{'.'.join(parts[:j])} has no {parts[j]!r}; {_suggest(parts[j], public)}".rstrip("; "))
-        obj = getattr(obj, parts[j])
-    return obj
+            owner = get_object(parent) if parent else None
+        except Exception:
+            owner = None
+        if owner is None:
+            raise ImportError(first_line(err.__cause__ or err)) from None
+        public = [n for n in dir(owner) if not n.startswith("_") and isinstance(getattr(owner, n), type)]
+        raise ImportError(f"{parent} has no {name!r}; {_suggest(name, public)}".rstrip("; ")) from None
+    finally:
+        hydra_log.disabled = False
 
 
 def _target(key: str, node: dict[str, Any], prefix: str = "") -> None:
@@ -96,12 +98,16 @@ def _target(key: str, node: dict[str, Any], prefix: str = "") -> None:
 
 
 def _check_monitors(cfg: DictConfig) -> list[str]:
-    """Every callback monitors a metric the module logs; returns the validation ones."""
+    """Every callback monitors a metric the model logs (its class's MONITORABLE); returns the validation ones."""
     nodes, monitors = _get(cfg, "callbacks", resolve=False), []
+    try:
+        logged = getattr(_locate(str(_get(cfg, "model._target_"))), "MONITORABLE", None)
+    except ImportError:
+        logged = None  # an unknown model: _check_targets says so
     for name, node in (nodes if isinstance(nodes, dict) else {}).items():
         if isinstance(node, dict) and (monitor := node.get("monitor")) is not None:
-            if monitor not in MONITORABLE:
-                raise _fail(f"callbacks.{name}.monitor", monitor, one_of(*MONITORABLE).allowed + ", or null")
+            if logged is not None and monitor not in logged:
+                raise _fail(f"callbacks.{name}.monitor", monitor, one_of(*logged).allowed + ", or null")
             monitors.append(monitor)
     return [m for m in monitors if m.startswith("val/")]
 
@@ -137,8 +143,9 @@ def validate(cfg: DictConfig) -> None:
     data_dir, val_size = _get(cfg, "data.data_dir"), _get(cfg, "data.val_size")
     if isinstance(data_dir, str):
         idx.check_readable_folder(Path(data_dir).expanduser())
-        if not idx.missing_files(data_dir):  # present: check the headers now; missing: downloaded later
-            n_train, _ = idx.check_split(data_dir, "train"), idx.check_split(data_dir, "test")
+        if not idx.missing_files(data_dir):  # present: check (and read, once) now; missing: downloaded later
+            n_train = len(idx.read_split(data_dir, "train")[1])
+            idx.read_split(data_dir, "test")
             if is_int(val_size) and val_size >= n_train:
                 allowed = f"an integer in [0, {n_train}) ({data_dir} has {n_train} training images; 0 = no validation)"
                 raise _fail("data.val_size", val_size, allowed)
@@ -162,11 +169,24 @@ def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
 
 
 class ValidateConfig(Callback):
-    """Hydra callback: validate before Hydra creates the run folder, so a typo leaves nothing behind."""
+    """Hydra callback: the one check of a run's config; before Hydra creates the run folder (so a typo leaves
+    nothing behind), and for each job of a multirun (whose values differ per job) as the job starts."""
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def check(self, config: DictConfig) -> None:
+        validate(config)
+
+    def _run(self, config: DictConfig) -> None:
         # Hydra turns a callback's exception into a warning and runs the job anyway: exit here instead.
         try:
-            validate(config)
+            self.check(config)
         except UserError as err:
-            exit_if_user_error(err)  # under HYDRA_FULL_ERROR=1 it returns: the job's own check raises in full
+            exit_if_user_error(err)
+            traceback.print_exc()  # HYDRA_FULL_ERROR=1 (Hydra would only warn about a raising callback)
+            raise SystemExit(2) from None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._run(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            self._run(config)

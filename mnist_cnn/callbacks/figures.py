@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mnist_cnn.core.io import atomic_write
+
 CELL = 46
 
 
@@ -16,6 +18,24 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default(size=size)  # a scalable font bundled with Pillow (needs FreeType)
     except (TypeError, OSError, ImportError):
         return ImageFont.load_default()
+
+
+def misclassified_grid(
+    images: np.ndarray, labels: np.ndarray, preds: np.ndarray, total: int | None = None, cols: int = 8, zoom: int = 2
+) -> np.ndarray:
+    """Digits (N, 1, 28, 28) uint8, white on black, tiled in a grid and captioned `t:7 p:1` (true, predicted)."""
+    size, caption, header = 28 * zoom, 14, 18
+    rows = max(1, -(-len(images) // cols))
+    img = Image.new("RGB", (max(cols * (size + 4), 300), header + rows * (size + caption + 4)), "white")
+    draw, font = ImageDraw.Draw(img), _font(11)
+    shown = f"first {len(images)} of {total}" if total is not None else str(len(images))
+    draw.text((2, 2), f"misclassified test digits: {shown} (t: true, p: predicted)", fill="black", font=font)
+    for i in range(len(images)):
+        x, y = (i % cols) * (size + 4) + 2, header + (i // cols) * (size + caption + 4) + 2
+        digit = Image.fromarray(255 - images[i].reshape(28, 28)).resize((size, size), Image.Resampling.NEAREST)
+        img.paste(digit, (x, y + caption))  # dark ink on white, like the page around it
+        draw.text((x + size / 2, y), f"t:{int(labels[i])} p:{int(preds[i])}", fill="red", font=font, anchor="mt")
+    return np.asarray(img)
 
 
 def confusion_matrix_image(counts: np.ndarray, title: str = "") -> np.ndarray:
@@ -60,7 +80,5 @@ def confusion_matrix_image(counts: np.ndarray, title: str = "") -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    """Write an (H, W, 3) uint8 array as PNG via a temporary name, so no reader sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)
+    """Write an (H, W, 3) uint8 array as PNG, atomically."""
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))

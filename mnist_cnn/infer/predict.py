@@ -1,7 +1,7 @@
 """`mnist-predict MODEL IMAGE_OR_FOLDER [...]`: read digits from a user's own images.
 
 MODEL is a training checkpoint (.ckpt, run with torch) or an `mnist-export` model (.onnx, run with
-onnxruntime alone). Each image goes through MNIST's preprocessing (`mnist_cnn.preprocess`) first. A bad
+onnxruntime alone). Each image goes through MNIST's preprocessing (`mnist_cnn.infer.preprocess`) first. A bad
 file costs one line on stderr and a non-zero exit at the end, never the other files' predictions.
 Imports stay light: torch is loaded only for a checkpoint.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_cnn import UserError
+from mnist_cnn.core.errors import UserError
 
 BATCH = 256
 PROG = "mnist-predict"
@@ -24,7 +24,7 @@ PROG = "mnist-predict"
 
 def expand(args: list[Path]) -> tuple[list[Path], list[str]]:
     """Command-line paths -> image files (a folder gives every image under it, sorted) and error lines."""
-    from mnist_cnn.preprocess import IMAGE_SUFFIXES
+    from mnist_cnn.infer.preprocess import IMAGE_SUFFIXES
 
     files: list[Path] = []
     errors: list[str] = []
@@ -59,8 +59,8 @@ def predict(
     model_path: Path, inputs: list[Path], top_k: int = 3, show: Path | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Predictions for every readable image, and one error line per file that could not be read."""
-    from mnist_cnn.inference import open_classifier, softmax
-    from mnist_cnn.preprocess import preprocess
+    from mnist_cnn.infer.classifiers import open_classifier, softmax
+    from mnist_cnn.infer.preprocess import preprocess
 
     model = open_classifier(model_path)  # first: a bad model is one error, not one per image
     files, errors = expand(inputs)

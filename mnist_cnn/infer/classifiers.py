@@ -1,7 +1,7 @@
 """Run a trained net on 28x28 MNIST-style images, from a Lightning checkpoint or an ONNX export.
 
 The ONNX path uses onnxruntime alone and never imports torch: a small install for serving. Both take
-uint8 images (white ink on black, as `mnist_cnn.preprocess` makes them) and return float32 logits.
+uint8 images (white ink on black, as `mnist_cnn.infer.preprocess` makes them) and return float32 logits.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mnist_cnn import UserError
+from mnist_cnn.core.errors import UserError, first_line
 
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"  # names in every `mnist-export` model
 
@@ -22,24 +22,17 @@ class Classifier(Protocol):
         ...
 
 
-def first_line(err: BaseException, limit: int = 160) -> str:
-    """An exception as one short line: library errors can span pages (torch's unpickling hints do)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def load_classifier(path: str | Path, key: str = "checkpoint") -> Any:
     """Checkpoint -> MNISTClassifier in eval mode on the CPU; any unusable file is one UserError naming it.
 
-    A checkpoint is untrusted input: `mnist_cnn.checkpoints.load_checkpoint` reads it weights-only and
+    A checkpoint is untrusted input: `mnist_cnn.core.checkpoints.load_checkpoint` reads it weights-only and
     refuses configs naming anything but our nets and torch's optimizers. `key` names where the path came
     from in messages (e.g. `ckpt_path`).
     """
-    from mnist_cnn.checkpoints import load_checkpoint
+    from mnist_cnn.core.checkpoints import load_checkpoint
 
     ckpt = load_checkpoint(path, key=key)
-    from mnist_cnn.module import MNISTClassifier
+    from mnist_cnn.models.module import MNISTClassifier
 
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if "compile" in hparams:
@@ -60,15 +53,13 @@ class TorchClassifier:
     def __init__(self, path: Path) -> None:
         import torch
 
-        from mnist_cnn.data import normalize
-
-        self._torch, self._normalize = torch, normalize
+        self._torch = torch
         self.model = load_classifier(path)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():
-            x = self._normalize(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1))
+        with torch.inference_mode():  # the model takes the uint8 pixels as they are (mnist_cnn/data/contract.py)
+            x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1)
             return self.model(x).float().numpy()
 
 

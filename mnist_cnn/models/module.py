@@ -1,9 +1,8 @@
-"""The LightningModule: loss, metrics and optimisation around any net from `mnist_cnn.net`."""
+"""The LightningModule: loss, metrics and optimisation around any net from `mnist_cnn.models.nets`."""
 
 from __future__ import annotations
 
 import inspect
-import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,9 +14,9 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_cnn import STARTED
-from mnist_cnn.augment import random_affine
-from mnist_cnn.checkpoints import ALLOWED_TARGETS, checked  # noqa: F401  (defined with the checkpoint checks)
+from mnist_cnn.core.checkpoints import checked, renamed
+from mnist_cnn.data.augment import random_affine
+from mnist_cnn.data.contract import normalize
 
 
 def plain(cfg: Any) -> Any:
@@ -30,9 +29,14 @@ class MNISTClassifier(pl.LightningModule):
 
     `optimizer` and `scheduler` are Hydra `_partial_` configs; scheduler steps every optimizer step and
     gets `total_steps` / `T_max` from the trainer when its config leaves them out. `label_smoothing` applies
-    to the training loss only; `augment` (keyword arguments of `mnist_cnn.augment.random_affine`, or None)
+    to the training loss only; `augment` (keyword arguments of `mnist_cnn.data.augment.random_affine`, or None)
     warps each training batch. Both default to off, the seed article's recipe.
+
+    Input: uint8 pixels (N, 1, 28, 28), white ink on black (mnist_cnn/data/contract.py); `forward` normalises.
     """
+
+    # What this module logs, so what a callback may monitor (checked by mnist_cnn/config/validate.py).
+    MONITORABLE = ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc")
 
     def __init__(
         self,
@@ -45,7 +49,8 @@ class MNISTClassifier(pl.LightningModule):
         augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        net, optimizer, scheduler, augment = plain(net), plain(optimizer), plain(scheduler), plain(augment)
+        # renamed: a checkpoint of an earlier layout names the net by its old module path
+        net, optimizer, scheduler, augment = renamed(plain(net)), plain(optimizer), plain(scheduler), plain(augment)
         self.save_hyperparameters(logger=False)  # the run's whole config is logged by train.py instead
         self.net: nn.Module = instantiate(checked("net", net))
         if channels_last:  # NHWC: the layout oneDNN (CPU) and cuDNN (tensor cores) run convolutions fastest in
@@ -62,24 +67,24 @@ class MNISTClassifier(pl.LightningModule):
         self.test_count = SumMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume, so the best score is not forgotten
-        self._epoch_start = self._train_seconds = 0.0
-        self.started = STARTED  # process start; train.py moves it to the job's start for later jobs of a multirun
-        self.startup_s: float | None = None  # started -> first training step (imports, data, setup)
-        self._epoch_images = 0
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, images: Tensor) -> Tensor:
+        """uint8 pixels (N, 1, 28, 28) -> logits (N, 10)."""
+        return self._net(normalize(images))
+
+    def _net(self, x: Tensor) -> Tensor:
         if self.hparams.get("channels_last"):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        if self.hparams.get("augment"):  # random affine warps of the batch tensor (mnist_cnn.augment)
+        x = normalize(x)
+        if self.hparams.get("augment"):  # random affine warps of the batch tensor (mnist_cnn.data.augment)
             x = random_affine(x, **self.hparams["augment"])
-        logits = self(x)
+        logits = self._net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.get("label_smoothing", 0.0))
         self.train_acc.update(logits, y)
-        self._epoch_images += len(y)
         # Only on the steps the logger writes (Lightning's rule) and the epoch's last one (for monitors):
         # self.log costs ~5% of a step here.
         trainer: Any = self.trainer  # log_every_n_steps / fast_dev_run are set in Trainer.__init__, untyped
@@ -92,28 +97,22 @@ class MNISTClassifier(pl.LightningModule):
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_start, self._epoch_images = time.perf_counter(), 0
-        if self.startup_s is None:
-            self.startup_s = self._epoch_start - self.started
-
-    def on_train_batch_end(self, *args: Any) -> None:
-        self._train_seconds = time.perf_counter() - self._epoch_start  # training only, not the val pass after it
-
     def on_train_epoch_end(self) -> None:
         self.log("train/acc", self.train_acc.compute())
-        if self._train_seconds > 0:
-            images_per_s = self._epoch_images * self.trainer.world_size / self._train_seconds
-            self.log("perf/train_images_per_s", images_per_s)
         self.train_acc.reset()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def model_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        """One validation or test batch: the loss and accuracy metrics of `stage`, logged per epoch."""
         x, y = batch
         logits = self(x)
-        self.val_loss.update(F.cross_entropy(logits, y), weight=len(y))
-        self.val_acc.update(logits, y)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        loss, acc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
+        loss.update(F.cross_entropy(logits, y), weight=len(y))
+        acc.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.model_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -122,13 +121,8 @@ class MNISTClassifier(pl.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
-        self.test_acc.update(logits, y)
-        self.test_count.update(torch.tensor(float(len(y)), device=y.device))
-        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
-        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        self.model_step(batch, "test")
+        self.test_count.update(torch.tensor(float(len(batch[1])), device=batch[1].device))
         self.log("test/n_images", self.test_count, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> Any:

@@ -1,14 +1,14 @@
 """Lightning plugins and callbacks that keep long runs safe: checkpoint IO, interruption, a divergence guard.
 
 `SafeCheckpointIO` (conf/trainer/default.yaml `plugins`): every checkpoint the Trainer writes or reads goes
-through mnist_cnn/checkpoints.py: atomic writes, weights-only loads of untrusted files.
+through mnist_cnn/core/checkpoints.py: atomic writes, weights-only loads of untrusted files.
 
 `Interruptible`: SIGINT (Ctrl-C) and SIGTERM (`docker stop`, SLURM before the time limit, `kill`) stop
 training at the next batch boundary, save `checkpoints/interrupted.ckpt` and exit with 128 + the signal
 number and the command that resumes it. Lightning's own SIGTERM handling exits 0 without a checkpoint, and a
 KeyboardInterrupt can land in the middle of an optimizer step; here the state saved is always a
 consistent one. Every checkpoint also carries the RNG states, and the in-memory loader its position
-(mnist_cnn.data.TensorBatches), so a resumed run continues bit for bit.
+(mnist_cnn.data.datamodule.TensorBatches), so a resumed run continues bit for bit.
 
 `DivergenceGuard`: a non-finite training loss, or one that stays far above its first value, stops the run
 with one line instead of training on garbage for hours; checked on the device every `window` steps (no
@@ -33,8 +33,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
-from mnist_cnn import UserError
-from mnist_cnn.checkpoints import atomic_save, load_checkpoint, rng_states, set_rng_states
+from mnist_cnn.core.checkpoints import atomic_save, load_checkpoint, rng_states, set_rng_states
+from mnist_cnn.core.errors import UserError
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -1,6 +1,6 @@
 """`mnist-export CHECKPOINT --format onnx --output model.onnx`: the trained net as a standalone ONNX model.
 
-The graph takes uint8 pixels (N, 1, 28, 28), white ink on black as `mnist_cnn.preprocess` makes them,
+The graph takes uint8 pixels (N, 1, 28, 28), white ink on black as `mnist_cnn.infer.preprocess` makes them,
 and does the training normalisation itself, so a consumer needs no constants from this package; the
 batch axis is dynamic. The export is checked against the checkpoint before the command reports success.
 """
@@ -16,34 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from mnist_cnn import UserError
-from mnist_cnn.inference import ONNX_INPUT, ONNX_OUTPUT, OnnxClassifier, first_line, load_classifier
+from mnist_cnn.core.errors import UserError, first_line
+from mnist_cnn.infer.classifiers import ONNX_INPUT, ONNX_OUTPUT, OnnxClassifier, load_classifier
 
 TOLERANCE = 1e-4  # max |logit difference| allowed between the ONNX model and the checkpoint
-
-
-def pixel_model(net: Any) -> Any:
-    """Wrap a net so it takes uint8 pixels and normalises them exactly as training did."""
-    from torch import Tensor, nn
-
-    from mnist_cnn.data import normalize
-
-    class Pixels(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, image: Tensor) -> Tensor:
-            return self.net(normalize(image))
-
-    return Pixels().eval()
 
 
 def export_onnx(checkpoint: Path, output: Path, opset: int | None = None) -> float:
     """Write the ONNX model, check it against the checkpoint; returns the max |logit difference| seen."""
     import torch
 
-    model = pixel_model(load_classifier(checkpoint).net)
+    model = load_classifier(checkpoint)  # its forward takes uint8 and normalises: the graph does too
     example = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     output.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -64,7 +47,7 @@ def export_onnx(checkpoint: Path, output: Path, opset: int | None = None) -> flo
             raise UserError(f"ONNX export needs onnx and onnxscript: pip install 'mnist-cnn[onnx]' ({err})") from None
     assert program is not None
     program.model.metadata_props.update(
-        {"mnist_cnn.input": "uint8 (batch, 1, 28, 28): white digit on black, MNIST-preprocessed (mnist_cnn.preprocess)"}
+        {"mnist_cnn.input": "uint8 (batch, 1, 28, 28): white digit on black (mnist_cnn/data/contract.py)"}
     )
     program.save(str(output))
     return parity(model, output)

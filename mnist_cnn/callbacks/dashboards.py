@@ -1,10 +1,9 @@
-"""Pictures of the test set for TensorBoard (and MLflow): a confusion matrix and a grid of misclassified digits.
+"""What a run shows in TensorBoard (and MLflow) besides scalars: the HParams table, and pictures of the test set.
 
-The confusion matrix is drawn by `mnist_cnn.figures` (the same figure `mnist-eval` saves).
-
-A Lightning callback, so train.py and the module stay as they are: it listens to the module's forward
-passes during testing (a forward hook), so nothing is computed twice. The confusion matrix is a torchmetrics
-metric, summed over all ranks under DDP; the misclassified digits are gathered from every rank.
+Both are drawn by `mnist_cnn.callbacks.figures`. A Lightning callback, so train.py and the module stay as
+they are: it listens to the module's forward passes during testing (a forward hook), so nothing is computed
+twice. The confusion matrix is a torchmetrics metric, summed over all ranks under DDP (`mnist-eval` reads
+its `counts`); the misclassified digits are gathered from every rank.
 """
 
 from __future__ import annotations
@@ -15,42 +14,23 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
+from typing_extensions import override
 
-from mnist_cnn.data import MEAN, STD
-from mnist_cnn.figures import confusion_matrix_image
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)  # a scalable font where Pillow has FreeType
-    except (TypeError, OSError):
-        return ImageFont.load_default()
-
-
-def misclassified_grid(
-    images: Tensor, labels: Tensor, preds: Tensor, total: int | None = None, cols: int = 8, zoom: int = 2
-) -> np.ndarray:
-    """Digits (N, 1, 28, 28, normalised) tiled in a grid, each captioned `t:7 p:1` (true, predicted); RGB uint8."""
-    size, caption, header = 28 * zoom, 14, 18
-    rows = max(1, -(-len(images) // cols))
-    img = Image.new("RGB", (max(cols * (size + 4), 300), header + rows * (size + caption + 4)), "white")
-    draw, font = ImageDraw.Draw(img), _font(11)
-    shown = f"first {len(images)} of {total}" if total is not None else str(len(images))
-    draw.text((2, 2), f"misclassified test digits: {shown} (t: true, p: predicted)", fill="black", font=font)
-    pixels = ((images.float().cpu() * STD + MEAN).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    for i in range(len(images)):
-        x, y = (i % cols) * (size + 4) + 2, header + (i // cols) * (size + caption + 4) + 2
-        digit = Image.fromarray(255 - pixels[i, 0]).resize((size, size), Image.Resampling.NEAREST)  # dark ink
-        img.paste(digit, (x, y + caption))
-        draw.text((x + size / 2, y), f"t:{int(labels[i])} p:{int(preds[i])}", fill="red", font=font, anchor="mt")
-    return np.asarray(img)
+from mnist_cnn.callbacks.figures import confusion_matrix_image, misclassified_grid
 
 
 class TestDashboards(Callback):
-    """After testing, log `test/confusion_matrix` and `test/misclassified` images to every image-capable logger."""
+    """After testing, log `test/confusion_matrix` and `test/misclassified` images to every image-capable logger.
+
+    Args:
+        num_classes: rows and columns of the confusion matrix.
+        max_misclassified: digits in the grid (0: no grid).
+
+    Note:
+        `counts` holds the confusion matrix (rows: true digit) on every rank after the test epoch.
+    """
 
     __test__ = False  # a Lightning callback about the test set, not a pytest class
 
@@ -58,7 +38,9 @@ class TestDashboards(Callback):
         self.num_classes, self.max_misclassified = num_classes, max_misclassified
         self._hook: Any = None
         self._last: tuple[Tensor, Tensor] | None = None
+        self.counts = np.zeros((num_classes, num_classes), dtype=np.int64)
 
+    @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.confusion = MulticlassConfusionMatrix(self.num_classes).to(pl_module.device)
         self.wrong: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -70,6 +52,7 @@ class TestDashboards(Callback):
 
         self._hook = pl_module.register_forward_hook(remember)
 
+    @override
     def on_test_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
@@ -85,6 +68,7 @@ class TestDashboards(Callback):
             self.wrong.append((x[bad], y[bad], preds[bad]))
             self.n_wrong += len(bad)
 
+    @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._hook is not None:
             self._hook.remove()
@@ -93,11 +77,11 @@ class TestDashboards(Callback):
     def _gathered_wrong(self, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor, Tensor]:
         """Every rank's misclassified digits (padded to the same length for all_gather), rank 0's first."""
         k, dev = self.max_misclassified, pl_module.device
-        x = torch.zeros(k, 1, 28, 28, device=dev)
+        x = torch.zeros(k, 1, 28, 28, dtype=torch.uint8, device=dev)
         y, p = torch.zeros(k, dtype=torch.long, device=dev), torch.zeros(k, dtype=torch.long, device=dev)
         if self.wrong:
             xs, ys, ps = (torch.cat(parts) for parts in zip(*self.wrong, strict=True))
-            x[: len(ys)], y[: len(ys)], p[: len(ys)] = xs.reshape(-1, 1, 28, 28).float(), ys, ps
+            x[: len(ys)], y[: len(ys)], p[: len(ys)] = xs.reshape(-1, 1, 28, 28), ys, ps
         count = torch.tensor(self.n_wrong, device=dev)
         x_all, y_all, p_all, n_all = (cast(Tensor, pl_module.all_gather(t)) for t in (x, y, p, count))
         if n_all.dim() == 0:  # a single process: nothing was stacked
@@ -106,16 +90,17 @@ class TestDashboards(Callback):
         xs, ys, ps = (torch.cat(parts)[:k] for parts in zip(*keep, strict=True))
         return xs, ys, ps
 
+    @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        matrix = self.confusion.compute()  # collective under DDP: every rank calls it
-        x, y, p = self._gathered_wrong(pl_module)
-        if not trainer.is_global_zero:
+        # collectives under DDP: every rank calls them
+        self.counts = counts = self.confusion.compute().cpu().numpy().astype(np.int64)
+        wrong = self._gathered_wrong(pl_module) if self.max_misclassified else None
+        if not trainer.is_global_zero or not trainer.loggers:
             return
-        counts = matrix.cpu().numpy()
         images = {"test/confusion_matrix": confusion_matrix_image(counts, title="test set")}
-        if len(y):
-            errors = int(counts.sum() - counts.trace())
-            images["test/misclassified"] = misclassified_grid(x, y, p, total=errors)
+        if wrong is not None and len(wrong[1]):
+            x, y, p = (t.cpu().numpy() for t in wrong)
+            images["test/misclassified"] = misclassified_grid(x, y, p, total=int(counts.sum() - counts.trace()))
         log_images(trainer, images)
 
 
@@ -132,3 +117,36 @@ def log_images(trainer: pl.Trainer, images: dict[str, np.ndarray]) -> None:
             client: Any = cast(Any, logger).experiment
             for tag, image in images.items():
                 client.log_image(cast(Any, logger).run_id, image, artifact_file=f"{tag}.png")
+
+
+def flat_hparams(cfg: Any) -> dict[str, Any]:
+    """The composed config as flat `a/b/c` keys with scalar values, which the HParams view can show."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}/{k}" if prefix else str(k))
+        else:
+            out[prefix] = node if isinstance(node, int | float | str | bool) else str(node)
+
+    from omegaconf import OmegaConf
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def log_hparams(loggers: list[Any], cfg: Any) -> None:
+    """Record the whole config once; TensorBoard's HParams view gets real metrics (hp/*) at the end."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.tensorboard.summary import hparams
+
+    params = flat_hparams(cfg)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # Declares the metric tags without writing a value: no fake hp_metric=-1, no fake 0.
+            writer = logger.experiment._get_file_writer()
+            for summary in hparams(params, {"hp/val_acc": 0.0, "hp/test_acc": 0.0}):
+                writer.add_summary(summary)
+        else:
+            logger.log_hyperparams(params)

@@ -1,4 +1,4 @@
-"""Small image operations on float arrays (numpy + Pillow only), for `mnist_cnn.preprocess`.
+"""Small image operations on float arrays (numpy + Pillow only), for `mnist_cnn.infer.preprocess`.
 
 No scipy or OpenCV: the ONNX prediction path must stay a small install that never imports torch.
 """

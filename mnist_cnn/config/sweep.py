@@ -16,7 +16,6 @@ import fcntl
 import io
 import json
 import logging
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -29,20 +28,17 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_cnn import atomic_write
+from mnist_cnn.config.resolvers import env_rank
+from mnist_cnn.core.io import atomic_write
 
-log = logging.getLogger("mnist_cnn.sweep")
+log = logging.getLogger("mnist_cnn.config.sweep")
 FIELDS = ("job", "overrides", "status", "val/acc_best", "test/acc", "wall_time_s", "checkpoint", "output_dir", "error")
 SEED_KEYS = ("seed", "+seed", "++seed")
 
 
 def child_rank() -> bool:
     """True in a process a launcher started for a rank > 0 (Lightning's DDP re-launch, torchrun, srun)."""
-    env = os.environ
-    ranks = [env.get("LOCAL_RANK"), env.get("RANK")]
-    if int(env.get("SLURM_NTASKS", "1")) > 1:
-        ranks.append(env.get("SLURM_PROCID"))
-    return any(r not in (None, "", "0") for r in ranks)
+    return env_rank() != 0
 
 
 @contextmanager

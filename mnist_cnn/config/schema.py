@@ -1,6 +1,6 @@
 """The schema of conf/: the type and range of every knob, as rules that say what is allowed in words.
 
-`mnist_cnn.validate` applies them; `RULES` needs nothing heavy, `lightning_rules()` asks Lightning's registries.
+`mnist_cnn.config.validate` applies them; `RULES` needs nothing heavy, `lightning_rules()` asks Lightning's registries.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from mnist_cnn.core import compat
 
 
 def show(v: Any) -> str:
@@ -120,7 +122,6 @@ RULES: dict[str, Rule] = {
 
 def lightning_rules() -> dict[str, Rule]:
     """The names Lightning accepts, from its own registries (imported only once the cheap checks passed)."""
-    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
@@ -132,5 +133,5 @@ def lightning_rules() -> dict[str, Rule]:
             "_target_ config",
             lambda v: v in strategies or isinstance(v, dict),
         ),
-        "trainer.precision": one_of(*[p for lit in _PRECISION_INPUT.__args__ for p in lit.__args__]),  # type: ignore[attr-defined]
+        "trainer.precision": one_of(*compat.precision_names()),
     }

@@ -1,8 +1,9 @@
-"""MNIST's IDX files, checked before torchvision parses them.
+"""MNIST's IDX files: checked and read once per process, into uint8 arrays.
 
-torchvision trusts the header: a truncated file becomes a reshape traceback, a file with a wrong magic number
-or a labels file one short is parsed anyway. Each check here names the file and the problem in one line
-(`UserError`), so training never starts on partial or mismatched data.
+Each check names the file and the problem in one line (`UserError`), so training never starts on partial or
+mismatched data (torchvision's parser trusts the header: a truncated file becomes a reshape traceback, a
+wrong magic number or a labels file one short is parsed anyway). `read_split` keeps what it read, keyed by
+the files' identity, so the pre-run check (mnist_cnn/config/validate.py) and the DataModule share one read.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import os
 import struct
 from pathlib import Path
 
-from mnist_cnn import UserError
+import numpy as np
+
+from mnist_cnn.core.errors import UserError
+from mnist_cnn.core.io import may
 
 # Magic numbers: 0x00 0x00, type 0x08 (unsigned byte), number of dimensions (3 for images, 1 for labels).
 MAGIC = {"images": 0x00000803, "labels": 0x00000801}
@@ -34,13 +38,6 @@ def missing_files(data_dir: str | Path) -> list[str]:
     return [name for name in ALL_FILES if not (raw / name).exists()]
 
 
-def may(path: str | Path, mode: int) -> bool:
-    """Whether this process may access `path` as `open` would decide (effective ids, capabilities)."""
-    if os.access in os.supports_effective_ids:
-        return os.access(path, mode, effective_ids=True)
-    return os.access(path, mode)
-
-
 def check_readable_folder(path: Path, key: str = "data.data_dir") -> None:
     """A folder we cannot list or enter: say so, instead of torchvision calling it 'not found'."""
     if path.exists() and not path.is_dir():
@@ -50,19 +47,18 @@ def check_readable_folder(path: Path, key: str = "data.data_dir") -> None:
             raise UserError(f"cannot read the folder {folder}: permission denied (needs read and execute)")
 
 
-def _count(path: Path, kind: str) -> int:
-    """Number of items the header declares, after checking magic, shape and that the size matches exactly."""
+def _parse(path: Path, kind: str) -> np.ndarray:
+    """The file's items as uint8 (N, 28, 28) or (N,), after checking magic, shape and that the size is exact."""
     if not path.is_file():
         raise UserError(f"{path} is missing" if not path.exists() else f"{path} is not a file")
     if not may(path, os.R_OK):
         raise UserError(f"cannot read {path}: permission denied")
     ndim = 3 if kind == "images" else 1
     try:
-        with path.open("rb") as f:
-            head = f.read(4 + 4 * ndim)
-            size = os.fstat(f.fileno()).st_size
+        data = path.read_bytes()
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from err
+    head, size = data[: 4 + 4 * ndim], len(data)
     if len(head) >= 4 and (magic := struct.unpack(">I", head[:4])[0]) != MAGIC[kind]:
         gzipped = " (it is gzip-compressed: gunzip it)" if head[:2] == b"\x1f\x8b" else ""
         raise UserError(
@@ -82,21 +78,32 @@ def _count(path: Path, kind: str) -> int:
         raise UserError(f"{path}: {size - expected} bytes of unexpected data after the {n} {kind} its header declares")
     if n == 0:
         raise UserError(f"{path}: holds no {kind}")
-    return int(n)
+    return np.frombuffer(data, dtype=np.uint8, offset=len(head)).reshape(n, *shape)
 
 
-def check_split(data_dir: str | Path, split: str) -> int:
-    """Both files of a split are well-formed and agree on the count, every label is a digit; returns the count.
+_READ: dict[tuple[str, str], tuple[tuple[int, ...], tuple[np.ndarray, np.ndarray]]] = {}
 
-    A label byte outside 0-9 would otherwise surface as a CUDA assert or as a silently wrong class.
+
+def read_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) and labels (N,) of a split, both uint8 and read-only, every check passed.
+
+    A label byte outside 0-9 would otherwise surface as a CUDA assert or as a silently wrong class. A second
+    call for unchanged files (same inode, size, mtime) returns the first call's arrays.
     """
     raw = raw_folder(data_dir)
-    images, labels = (raw / name for name in FILES[split])
-    n_images, n_labels = _count(images, "images"), _count(labels, "labels")
-    if n_images != n_labels:
-        raise UserError(f"{images} has {n_images} images but {labels} has {n_labels} labels")
-    values = labels.read_bytes()[8:]
-    if max(values) > 9:
-        i = next(i for i, v in enumerate(values) if v > 9)
-        raise UserError(f"{labels}: label {values[i]} at index {i} is not a digit 0-9")
-    return n_images
+    paths = [raw / name for name in FILES[split]]
+    key = (str(raw.resolve()), split)
+    try:
+        stamp = tuple(v for p in paths for st in [p.stat()] for v in (st.st_ino, st.st_size, st.st_mtime_ns))
+    except OSError:
+        stamp = ()  # missing or unreadable: _parse says which, in one line
+    if stamp and key in _READ and _READ[key][0] == stamp:
+        return _READ[key][1]
+    images, labels = _parse(paths[0], "images"), _parse(paths[1], "labels")
+    if len(images) != len(labels):
+        raise UserError(f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels")
+    if labels.max() > 9:
+        i = int(np.argmax(labels > 9))
+        raise UserError(f"{paths[1]}: label {labels[i]} at index {i} is not a digit 0-9")
+    _READ[key] = (stamp, (images, labels))
+    return images, labels

@@ -1,10 +1,11 @@
-"""MNIST as a LightningDataModule.
+"""MNIST as a LightningDataModule: IDX files in, uint8 batches out (the model normalises: data/contract.py).
 
-torchvision reads (or downloads) the official IDX files; by default the images then live in memory as
-uint8 tensors on the training device and are normalised per batch there, which removes the per-sample
-PIL + DataLoader path that dominates the seed script's step time. `loader=torchvision` keeps that
-per-sample path for comparison. The module shards data itself (the trainer configs set
-`use_distributed_sampler: false`) so evaluation counts every test image exactly once at any world size.
+`mnist_cnn.data.idx` checks and reads the official IDX files (torchvision only downloads them when missing);
+by default the images then live in memory as uint8 tensors on the training device and batches are slices of
+them, which removes the per-sample PIL + DataLoader path that dominates the seed script's step time.
+`loader=torchvision` keeps that per-sample path (PIL image -> tensor in a DataLoader) for comparison.
+The module shards data itself (the trainer configs set `use_distributed_sampler: false`) so evaluation
+counts every test image exactly once at any world size.
 """
 
 from __future__ import annotations
@@ -17,19 +18,30 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
-from torchvision import datasets, transforms
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from mnist_cnn import UserError
-from mnist_cnn.idx import check_readable_folder, check_split, missing_files, raw_folder
+from mnist_cnn.core.errors import UserError, first_line
+from mnist_cnn.data.idx import check_readable_folder, missing_files, raw_folder, read_split
 
-MEAN, STD = 0.1307, 0.3081  # the seed article's Normalize((0.1307,), (0.3081,))
 Split = Literal["train", "val", "test"]
+FIX = "put the four raw IDX files there, or point MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
 
 
-def normalize(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float, the same numbers as the seed's ToTensor() + Normalize(MEAN, STD)."""
-    return images.float().div_(255).sub_(MEAN).div_(STD)
+class PilDigits(Dataset[tuple[Tensor, int]]):
+    """The seed article's per-sample path: each item a PIL image turned into a tensor (uint8, as the contract)."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        from torchvision.transforms import PILToTensor
+
+        self.images, self.labels, self.to_tensor = images, labels, PILToTensor()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        return self.to_tensor(Image.fromarray(self.images[i].numpy(), mode="L")), int(self.labels[i])
 
 
 class EvalShard(Sampler[int]):
@@ -113,52 +125,43 @@ class MNISTDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Download only when the raw files are missing; a read-only folder that has them is never written."""
         check_readable_folder(self.data_dir)
-        missing = missing_files(self.data_dir)
-        if not missing:
+        if not missing_files(self.data_dir):
             return
+        from torchvision import datasets
+
         try:
             for train in (True, False):
                 datasets.MNIST(self.data_dir, train=train, download=True)
         except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on the failure
-            raw, why = raw_folder(self.data_dir), str(err).splitlines()[0] if str(err) else "no detail"
-            where = f"MNIST is not in {raw}" if len(missing) == 4 else f"{raw / missing[0]} is missing"
-            raise UserError(
-                f"{where} and downloading it failed ({type(err).__name__}: {why}); put the four raw IDX files "
-                "there, or point MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
-            ) from err
+            raise UserError(f"{self._missing()} and downloading it failed ({first_line(err)}); {FIX}") from err
 
-    def _read(self, train: bool) -> datasets.MNIST:
-        """Check the IDX files (magic, shape, size, counts, labels) before and after torchvision parses them."""
-        check_readable_folder(self.data_dir)
-        split = "train" if train else "test"
+    def _missing(self) -> str:
         raw, missing = raw_folder(self.data_dir), missing_files(self.data_dir)
-        if missing:
-            raise UserError(
-                f"{f'MNIST is not in {raw}' if len(missing) == 4 else f'{raw / missing[0]} is missing'}: put the "
-                "four raw IDX files there, or point MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
-            )
-        check_split(self.data_dir, split)
-        return datasets.MNIST(self.data_dir, train=train, download=False)
+        return f"MNIST is not in {raw}" if len(missing) == 4 else f"{raw / missing[0]} is missing"
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        check_readable_folder(self.data_dir)
+        if missing_files(self.data_dir):
+            raise UserError(f"{self._missing()}: {FIX}")
+        (train_x, train_y), (test_x, test_y) = (read_split(self.data_dir, s) for s in ("train", "test"))
         val_size, loader = self.hparams["val_size"], self.hparams["loader"]
-        train, test = self._read(train=True), self._read(train=False)
-        if not 0 <= val_size < len(train):
-            raise UserError(f"data.val_size={val_size} must be in [0, {len(train)}) (0 trains on all images)")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
+        if not 0 <= val_size < len(train_y):
+            raise UserError(f"data.val_size={val_size} must be in [0, {len(train_y)}) (0 trains on all images)")
+        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
         parts = {"train": order[val_size:], "val": order[:val_size]}
+        # The arrays are read-only views of the file bytes (shared by every reader): copy once into tensors.
+        images, labels = torch.tensor(train_x).unsqueeze(1), torch.tensor(train_y, dtype=torch.long)
+        test = (torch.tensor(test_x).unsqueeze(1), torch.tensor(test_y, dtype=torch.long))
         if loader == "memory":
             device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-            images, labels = train.data.unsqueeze(1), train.targets
             self.datasets = {k: (images[v].to(device), labels[v].to(device)) for k, v in parts.items()}
-            self.datasets["test"] = (test.data.unsqueeze(1).to(device), test.targets.to(device))
+            self.datasets["test"] = (test[0].to(device), test[1].to(device))
         elif loader == "torchvision":
-            tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
-            train.transform = test.transform = tf
+            train = PilDigits(images[:, 0], labels)
             self.datasets = {k: Subset(train, v.tolist()) for k, v in parts.items()}
-            self.datasets["test"] = test
+            self.datasets["test"] = PilDigits(test[0][:, 0], test[1])
         else:
             raise UserError(f"data.loader={loader!r} is not one of: memory, torchvision")
 
@@ -199,8 +202,3 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> Any:
         return self._eval_loader("test")
-
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """Normalise on the device, after the (4x smaller) uint8 batch has been moved there."""
-        x, y = batch
-        return (normalize(x) if x.dtype == torch.uint8 else x), y

@@ -1,0 +1,1 @@
+"""Lightning callbacks and plugins: run safety (guards), TensorBoard pictures (dashboards, figures), EMA, timing."""

@@ -1,0 +1,98 @@
+"""Hydra resolvers conf/ uses; `register_resolvers()` is called by each entry point (train, evaluate, tests).
+
+Every rank of a run must agree on one run directory, however the ranks were started: Lightning's re-launch
+(`trainer.devices=2`) passes the directory on the command line; under torchrun rank 0 picks the name and
+shares it through torchrun's store; under srun SLURM's job and step ids name it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from mnist_cnn.core.errors import UserError
+
+
+def _now() -> str:
+    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+
+def run_stamp() -> str:
+    """The run directory's name, identical on every rank (Hydra resolver `${run_stamp:}`)."""
+    env = os.environ
+    if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
+    if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1")) > 1:
+        if env["TORCHELASTIC_RUN_ID"] not in ("", "none"):
+            return f"torchrun-{env['TORCHELASTIC_RUN_ID']}-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        return _shared_by_torchrun(_now())
+    return _now()
+
+
+def env_rank() -> int:
+    """This process's global rank as its launcher announced it (0 when launched alone)."""
+    env = os.environ
+    if "RANK" in env:  # torchrun
+        return int(env["RANK"])
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:  # srun
+        return int(env["SLURM_PROCID"])
+    return int(env.get("LOCAL_RANK", "0"))  # Lightning's own launcher, single node
+
+
+def rank_suffix() -> str:
+    """'' on rank 0, '_rank3' on rank 3 (Hydra resolver): each rank logs to its own file in the run dir."""
+    return f"_rank{env_rank()}" if env_rank() else ""
+
+
+def on_rank_zero(value: Any) -> Any:
+    """`value` on rank 0, else None (Hydra resolver): only rank 0 saves the composed config."""
+    return value if env_rank() == 0 else None
+
+
+def _shared_by_torchrun(stamp: str) -> str:
+    """Rank 0's timestamp, read by all ranks from the key-value store of torchrun's rendezvous."""
+    from torch.distributed import TCPStore
+
+    store = TCPStore(
+        env_or_fail("MASTER_ADDR"), int(env_or_fail("MASTER_PORT")), is_master=False,
+        timeout=datetime.timedelta(seconds=120),
+    )  # fmt: skip
+    key = f"mnist_cnn/run_stamp/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if os.environ.get("RANK") == "0":
+        store.set(key, stamp)
+    return store.get(key).decode()
+
+
+def env_or_fail(name: str) -> str:
+    if name not in os.environ:
+        raise UserError(f"${name} is not set: start ranks with torchrun, srun or trainer.devices=N")
+    return os.environ[name]
+
+
+def fast_precision(accelerator: str = "auto") -> str:
+    """bf16-mixed where the device computes bf16 natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32.
+
+    Hydra resolver `${fast_precision:${trainer.accelerator}}`, used by the speed presets: bf16 on a CPU
+    without native support is emulated and slower than fp32.
+    """
+    import torch
+
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    cpu_bf16 = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    return "bf16-mixed" if accelerator in ("cpu", "auto") and cpu_bf16 else "32-true"
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses: one run dir for all ranks, a log file per rank, the config saved once, bf16."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("rank_suffix", rank_suffix, replace=True)
+    OmegaConf.register_new_resolver("on_rank_zero", on_rank_zero, replace=True)
+    OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)

@@ -1,0 +1,61 @@
+"""The private Hydra and Lightning names this project relies on, each checked before use with a one-line error.
+
+An upgrade that renames one of them would otherwise break a promise silently: assigning to a renamed
+attribute just adds a new one. Hydra's is checked when this module is imported (every entry point imports
+it before Hydra runs); Lightning's when first needed, so a config typo is still reported before Lightning
+is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+from mnist_cnn.core.errors import UserError
+
+HYDRA_WORKS = "hydra-core 1.3.x"
+LIGHTNING_WORKS = "lightning 2.6.x (tested with 2.6.6)"
+
+
+class IncompatibleVersion(UserError):
+    """An installed library no longer has a private name this project uses."""
+
+
+def private(module: str, name: str, package: str, works: str) -> ModuleType:
+    """`module` after checking it still defines `name`; else one line naming the versions that work."""
+    mod = importlib.import_module(module)
+    if not hasattr(mod, name):
+        try:
+            installed = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            installed = "unknown"
+        raise IncompatibleVersion(
+            f"{module}.{name} is missing in {package} {installed}; mnist-cnn needs {works}: "
+            "pip install -c constraints.txt -e ."
+        )
+    return mod
+
+
+def hydra_utils() -> ModuleType:
+    """`hydra._internal.utils`, whose `run_and_report` the one-line error reporting wraps (core/errors.py)."""
+    return private("hydra._internal.utils", "run_and_report", "hydra-core", HYDRA_WORKS)
+
+
+def lightning_subprocess_script() -> ModuleType:
+    """Lightning's DDP launcher module, whose `_hydra_subprocess_cmd` starts ranks > 0 (config/launch.py)."""
+    return private(
+        "lightning.pytorch.strategies.launchers.subprocess_script", "_hydra_subprocess_cmd", "lightning",
+        LIGHTNING_WORKS,
+    )  # fmt: skip
+
+
+def precision_names() -> list[str]:
+    """Every `trainer.precision` value Lightning accepts, from its `_PRECISION_INPUT` type (config/schema.py)."""
+    module = private("lightning.fabric.plugins.precision.precision", "_PRECISION_INPUT", "lightning", LIGHTNING_WORKS)
+    literal: Any = module._PRECISION_INPUT
+    return [p for lit in literal.__args__ for p in lit.__args__]
+
+
+hydra_utils()  # at import: Hydra's is needed before any config is composed

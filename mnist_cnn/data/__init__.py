@@ -1,0 +1,1 @@
+"""MNIST from IDX file to batch: input contract, IDX reader, DataModule, augmentation."""

@@ -1,0 +1,1 @@
+"""A trained net on a user's images: preprocessing, torch/ONNX classifiers, predict, export, demo."""
