@@ -26,7 +26,7 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "mnist-cnn"
 NOTEBOOK = ROOT / "notebooks" / "mnist_quickstart.ipynb"
-PORTS = {"tensorboard": 6006, "jupyter": 8888}
+PORTS = {"tensorboard": 6006, "jupyter": 8888, "demo": 7860}
 FREEZE_OMITS = {"pip", "setuptools", "wheel"}  # `pip freeze` never lists these, so constraints.txt cannot
 
 
