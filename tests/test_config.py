@@ -9,13 +9,21 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mnist_cnn import CONFIG_DIR
+from mnist_cnn.config.launch import check_devices
+from mnist_cnn.core.errors import UserError
 from mnist_cnn.data.datamodule import MNISTDataModule
 from mnist_cnn.models.module import MNISTClassifier
 
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir())
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
+GPU_TRAINERS = [
+    o
+    for g, o in OPTIONS
+    if g == "trainer" and OmegaConf.select(OmegaConf.load(Path(CONFIG_DIR, g, f"{o}.yaml")), "accelerator") == "gpu"
+]
 
 
 def test_expected_groups_exist() -> None:
@@ -40,10 +48,29 @@ def test_every_option_composes_and_builds(
     assert isinstance(instantiate(cfg.model, _recursive_=False, _convert_="all"), MNISTClassifier)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        return  # building a GPU trainer needs a GPU (test_distributed checks the refusal); the config composed
+    if cfg.trainer.accelerator == "gpu":  # on a machine without one, train.py refuses before building anything:
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+        with pytest.raises(UserError, match=r"^trainer.accelerator=gpu needs a CUDA GPU, but this machine has none"):
+            check_devices(cfg.trainer.accelerator, cfg.trainer.devices)
+        return  # the Trainer itself: test_gpu_trainers_build (marked gpu)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     assert isinstance(trainer, pl.Trainer)
+
+
+def test_gpu_options_are_the_ones_the_gpu_tests_build() -> None:
+    assert GPU_TRAINERS == ["ddp", "gpu"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("option", GPU_TRAINERS)
+def test_gpu_trainers_build(compose_cfg: Any, option: str) -> None:
+    cfg = compose_cfg(f"trainer={option}")
+    check_devices(cfg.trainer.accelerator, cfg.trainer.devices)  # this machine can run it
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    assert isinstance(trainer.accelerator, pl.accelerators.CUDAAccelerator)
+    assert trainer.num_devices == (1 if option == "gpu" else torch.cuda.device_count())
 
 
 def test_defaults_users_rely_on(compose_cfg: Any) -> None:

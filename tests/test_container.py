@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,6 @@ import yaml
 from nbclient import NotebookClient
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "mnist-cnn"
@@ -140,21 +139,29 @@ def test_dockerfile_readme_and_ci_install_from_the_same_constraints_file() -> No
 
 
 def test_constraints_pin_every_installed_dependency() -> None:
-    """Walk pyproject's requirements (all extras) through what is installed here: each one is pinned."""
+    """Walk the requirements `pip install -e ".[dev]"` installs (as CI does) through what is installed here:
+    each one is installed, at its pin. The other extras' own requirements are pinned, checked statically."""
     project = pyproject()["project"]
-    extras = [r for extra in project["optional-dependencies"].values() for r in extra]
-    todo = [Requirement(r) for r in project["dependencies"] + extras]
+    extras, me = project["optional-dependencies"], canonicalize_name(project["name"])
+    for name, reqs in extras.items():
+        for req in map(Requirement, reqs):
+            pin = pins().get(canonicalize_name(req.name))
+            assert canonicalize_name(req.name) == me or (pin and pin in req.specifier), f"[{name}] {req}: no pin fits"
+    todo = [Requirement(r) for r in project["dependencies"]] + [Requirement(f"{me}[dev]")]
     pinned, seen = pins(), set()
     while todo:
         req = todo.pop()
         key = canonicalize_name(req.name)
-        if (key, frozenset(req.extras)) in seen or key in FREEZE_OMITS or key == canonicalize_name(project["name"]):
-            continue  # the project itself ("mnist-cnn[onnx]" in dev): its extras are all walked already
+        if (key, frozenset(req.extras)) in seen or key in FREEZE_OMITS:
+            continue
+        seen.add((key, frozenset(req.extras)))
+        if key == me:  # ".[dev]" and the extras it names ("mnist-cnn[onnx]"): their requirements, not the project
+            todo += [Requirement(r) for extra in req.extras for r in extras[extra]]
+            continue
         try:
             version = metadata.version(key)
         except metadata.PackageNotFoundError:
-            continue  # an extra not installed here (jupyterlab in CI); the image installs it with the pins
-        seen.add((key, frozenset(req.extras)))
+            pytest.fail(f"{req} (needed by .[dev]) is not installed: pip install -c constraints.txt -e '.[dev]'")
         assert pinned.get(key) == version, f"{key} {version} is not pinned in constraints.txt"
         subs = [Requirement(line) for line in metadata.requires(key) or []]
         wanted = {"", *req.extras}

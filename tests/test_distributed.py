@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, check, metrics, real_data_dir, run_train
+from conftest import FP32, REPO, check, metrics, real_data_dir, run_train
 
 from mnist_cnn.config.launch import check_devices, job_subprocess_cmd  # noqa: F401  (imported: must not need a GPU)
 from mnist_cnn.core.errors import UserError
@@ -48,10 +48,11 @@ def run_all(commands: list[list[str]], envs: list[dict[str, str]], timeout: floa
 
 def test_two_cpu_processes_train_one_run_on_real_mnist(tmp_path: Path) -> None:
     """The headline command on a CPU-only machine: DDP over 2 processes, one run directory."""
-    proc = check(run_train("trainer.devices=2", "trainer.max_epochs=1", f"data.data_dir={real_data_dir()}",
+    proc = check(run_train("trainer.devices=2", "trainer.max_epochs=1", *FP32, f"data.data_dir={real_data_dir()}",
                            f"paths.log_dir={tmp_path}"))  # fmt: skip
     run = only_dir(tmp_path / "train" / "runs")
     m = metrics(run)
+    # half the steps of one process; fp32, seed 42 (deterministic): 0.9830, seeds 0-1: 0.9763, 0.9850
     assert m["test/acc"] >= 0.975 and m["n_test"] == 10_000
     assert (run / "train_rank1.log").is_file()  # rank 1 trained in the same directory
     assert (
@@ -109,7 +110,7 @@ def test_srun_ranks_share_one_directory(tmp_path: Path) -> None:
 def test_multirun_under_ddp_launches_the_sweep_once(tmp_path: Path) -> None:
     proc = check(run_train("-m", "model.optimizer.lr=1e-3,3e-3", "trainer=ddp_cpu", "trainer.devices=2", "debug=limit",
                            f"data.data_dir={real_data_dir()}", f"paths.log_dir={tmp_path}"))  # fmt: skip
-    assert (tmp_path / "debug").iterdir() and [p.name for p in (tmp_path / "debug").iterdir()] == ["multiruns"]
+    assert any((tmp_path / "debug").iterdir()) and [p.name for p in (tmp_path / "debug").iterdir()] == ["multiruns"]
     sweep = only_dir(tmp_path / "debug" / "multiruns")  # one sweep, no duplicate from rank 1
     assert proc.stdout.count("Launching 2 jobs locally") == 1
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
