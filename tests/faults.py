@@ -1,5 +1,7 @@
 """Fault injection for tests, named by `_target_` in overrides (`+callbacks.crash=...`)."""
 
+import os
+import signal
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,3 +16,15 @@ class CrashOnRank(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if trainer.global_rank == self.rank and trainer.global_step >= self.step:
             raise RuntimeError(f"injected crash in rank {self.rank}")
+
+
+class SignalAtStep(pl.Callback):
+    """Send this process `signal` once training reaches `step` (not again after a resume from that step), as
+    SLURM or submitit's local controller would send it before a time limit."""
+
+    def __init__(self, step: int, signal: str = "SIGUSR2") -> None:
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import QUIET, check, real_data_dir, run_train
+from conftest import QUIET, REPO, check, real_data_dir, run_train
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -75,26 +80,55 @@ def test_seed_by_lr_multirun_on_real_mnist(tmp_path: Path) -> None:
     assert "## Mean ± std over seeds" in proc.stdout and best_line in proc.stdout  # printed at the end
 
 
-@pytest.mark.parametrize("case", ["exception", "user_error"])
-def test_failed_job_is_recorded_and_the_other_rows_survive(tiny_mnist: Path, tmp_path: Path, case: str) -> None:
-    """Job 1 of 3 fails; the sweep exits non-zero without Hydra's end-of-sweep hook, yet every row is on disk."""
-    if case == "exception":  # a crash mid-training (tests/faults.py): on_job_end, the batch ends, Hydra re-raises
+@pytest.mark.parametrize("case", ["exception", "user_error", "stop_at_first_failure"])
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tiny_mnist: Path, tmp_path: Path, case: str) -> None:
+    """Job 1 of 3 fails; jobs 0 and 2 run all the same, every row is on disk and printed, the exit is non-zero."""
+    if case == "exception":  # a crash mid-training (tests/faults.py): Hydra re-raises it once the sweep has run
         crash = "{_target_:tests.faults.CrashOnRank,rank:0}"
-        sweep_args, error, expected = [f"+callbacks.crash=null,{crash},null", "data.val_size=50"], "injected crash", 3
-    else:  # a UserError leaves by SystemExit at once, without on_job_end: the exit hook records it
-        sweep_args, error, expected = ["data.val_size=50,100000,50"], "exited before returning", 2
+        sweep_args, error, code = [f"+callbacks.crash=null,{crash},null", "data.val_size=50"], "injected crash", 1
+    else:  # a value that is bad for this job only (ValidateConfig's check as the job starts): one error line
+        sweep_args, error, code = ["data.val_size=50,100000,50"], "data.val_size=100000 is invalid: must be", 2
+    if case == "stop_at_first_failure":  # Hydra's basic sweeper re-raises after each batch: batches of one job
+        sweep_args.append("hydra.sweeper.max_batch_size=1")
     sweep = tmp_path / "sweep"
     data = f"data.data_dir={tiny_mnist}"
     proc = run_train("-m", *sweep_args, data, "debug=limit", f"hydra.sweep.dir={sweep}", *QUIET)
-    assert proc.returncode != 0
+    assert proc.returncode == code, proc.stderr[-3000:]
     table = rows(sweep)
-    want = [("0", "completed"), ("1", "failed"), ("2", "completed")][:expected]  # SystemExit: job 2 never ran
+    want = [("0", "completed"), ("1", "failed"), ("2", "completed")][: 2 if case == "stop_at_first_failure" else 3]
     assert [(r["job"], r["status"]) for r in table] == want
     for r in table[::2]:
         assert float(r["test/acc"]) == json.loads((sweep / r["job"] / "metrics.json").read_text())["test/acc"]
-    assert error in table[1]["error"] and not table[1]["test/acc"]
+    assert error in table[1]["error"] and not table[1]["test/acc"] and "\n" not in table[1]["error"]
+    if code == 2:  # the job's error in its log as it fails, then once as the sweep's `error:` line at the end
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: {table[1]['error']}"]
+        assert f"this job failed: {table[1]['error']}" in (sweep / "1" / "debug.log").read_text()
     md = (sweep / "summary.md").read_text()
-    assert "| 1 | `" in md and md.splitlines()[-1] in proc.stdout  # printed at exit all the same
+    assert f"| failed: {table[1]['error']} |" in md and md.splitlines()[-1] in proc.stdout  # printed at exit
+
+
+def test_an_interrupted_sweep_stops_and_says_so(tiny_mnist: Path, tmp_path: Path) -> None:
+    """Ctrl-C in job 1 stops the sweep (job 2 never runs); its row says interrupted, with the checkpoint."""
+    sweep, progress = tmp_path / "sweep", tmp_path / "progress"
+    pace = f"{{_target_:inject.Pace,progress:'{progress}',seconds:0.5}}"
+    args = ["-m", f"+callbacks.pace=null,{pace},null", "data.val_size=50", "trainer.max_epochs=20",
+            f"data.data_dir={tiny_mnist}", "debug=limit", f"hydra.sweep.dir={sweep}", *QUIET]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not progress.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    table = rows(sweep)
+    assert [(r["job"], r["status"]) for r in table] == [("0", "completed"), ("1", "interrupted")]
+    assert table[1]["error"].startswith("interrupted by SIGINT at epoch 0")
+    assert Path(table[1]["checkpoint"]) == sweep / "1" / "checkpoints" / "interrupted.ckpt"
+    assert Path(table[1]["checkpoint"]).is_file() and not (sweep / "2").exists()
+    assert "| interrupted: interrupted by SIGINT" in out  # the summary, printed at exit
 
 
 def test_optuna_search_on_val_accuracy(tiny_mnist: Path, tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ through mnist_cnn/core/checkpoints.py: atomic writes, weights-only loads of untr
 
 `Interruptible`: SIGINT (Ctrl-C) and SIGTERM (`docker stop`, SLURM before the time limit, `kill`) stop
 training at the next batch boundary, save `checkpoints/interrupted.ckpt` and exit with 128 + the signal
-number and the command that resumes it. Lightning's own SIGTERM handling exits 0 without a checkpoint, and a
-KeyboardInterrupt can land in the middle of an optimizer step; here the state saved is always a
-consistent one. Every checkpoint also carries the RNG states, and the in-memory loader its position
-(mnist_cnn.data.datamodule.TensorBatches), so a resumed run continues bit for bit.
+number and the command that resumes it. Lightning's own SIGTERM handling exits 0 without a checkpoint, and
+a KeyboardInterrupt can land in the middle of an optimizer step; here the state saved is always a
+consistent one. submitit's SIGUSR2 (`hydra/launcher=slurm`, before the time limit or on preemption) is
+handled the same way, then handed to submitit's own handler: it requeues the job, which resumes from that
+checkpoint (mnist_cnn/config/launch.py `requeued_checkpoint`). Every checkpoint also carries the RNG
+states, and the in-memory loader its position (mnist_cnn.data.datamodule.TensorBatches), so a resumed run
+continues bit for bit.
 
 `DivergenceGuard`: a non-finite training loss, or one that stays far above its first value, stops the run
 with one line instead of training on garbage for hours; checked on the device every `window` steps (no
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import signal
 import sys
@@ -34,10 +38,15 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
 from mnist_cnn.core.checkpoints import atomic_save, load_checkpoint, rng_states, set_rng_states
-from mnist_cnn.core.errors import UserError
+from mnist_cnn.core.errors import EXITING, UserError
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def submitit_signal() -> int:
+    """The signal submitit sends before a SLURM time limit or on preemption (its SUBMITIT_PREEMPT_SIGNAL)."""
+    return int(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2))
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -109,7 +118,7 @@ class Interruptible(pl.Callback):
         # Lightning's own SIGTERM handler (replaced here, restored after) exits 0 at its next check.
         if trainer.received_sigterm:
             self.signum = signal.SIGTERM
-        for signum in SIGNALS:
+        for signum in dict.fromkeys((*SIGNALS, submitit_signal())):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
 
@@ -138,6 +147,14 @@ class Interruptible(pl.Callback):
             message = f"interrupted by {name} during the final test; training had finished" + (
                 f" and its best checkpoint is {best}" if best else ""
             )
+        handler = signal.getsignal(self.signum) if self.signum is not None else None
+        if self.signum == submitit_signal() and callable(handler):  # submitit's, restored above
+            # It resubmits the job with the same arguments, and exits (rank 0; other ranks return here). The
+            # requeued job resumes from this checkpoint: it finds it in its run directory (requeued_checkpoint).
+            stopped = message.split("; resume with:")[0]
+            log.warning("%s; submitit requeues the job, which resumes from it", stopped)
+            EXITING.append((128 + self.signum, f"{stopped}; requeued by submitit"))  # the sweep summary's row
+            handler(self.signum, None)
         raise Interrupted(message, self.signum or signal.SIGTERM)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -9,10 +9,12 @@ themselves; mnist_cnn/config/resolvers.py makes every rank agree on the run dire
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from mnist_cnn.core import compat
@@ -40,6 +42,29 @@ def job_subprocess_cmd(local_rank: int) -> tuple[Sequence[str], str]:
         "hydra.mode=RUN",  # a config may set MULTIRUN (hparams_search=optuna): rank > 0 must run this job only
     ]
     return command, get_original_cwd()
+
+
+def requeued_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a job that submitit requeued resumes from: the newest of its run directory's
+    `checkpoints/interrupted.ckpt` (saved on submitit's signal) and `last.ckpt` (a job killed without one).
+
+    submitit (`hydra/launcher=slurm`) resubmits a timed-out or pre-empted job with its first arguments, so no
+    `ckpt_path`, into the same run directory (the sweep's, whose name is fixed at submission): without this
+    it would start again from epoch 0. A first submission's run directory holds no checkpoint; outside
+    submitit nothing is resumed implicitly.
+    """
+    found = [p for p in (run_dir / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")) if p.is_file()]
+    if not found:  # checked first: cheap, and a fresh run's answer
+        return None
+    try:
+        import submitit
+
+        submitit.JobEnvironment()  # raises outside a job submitit started
+    except (ImportError, RuntimeError):
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    logging.getLogger(__name__).warning("requeued by submitit: resuming from %s", newest)
+    return newest
 
 
 def install_job_launcher() -> None:

@@ -1,10 +1,12 @@
 """Summarise a multirun: `summary.csv` and `summary.md` at the sweep root, one row per job, written as jobs end.
 
 A Hydra callback (conf/hydra/default.yaml), so it works with any sweeper (basic, Optuna) and launcher.
-Rows are written from `on_job_end` because Hydra 1.3's basic sweeper re-raises a failed job (once its
-batch has run) and never calls `on_multirun_end`: every row already written survives, and the failed job
-gets its own. A job that leaves by SystemExit (a UserError) skips `on_job_end` too and ends the sweep at
-once; an exit hook records that one and prints the table the skipped `on_multirun_end` would have.
+A failing job (a bad value for that job, a crash) fails alone: its job function raises to Hydra, which
+records it, runs the other jobs of the batch (all of them with the basic sweeper's default
+`max_batch_size: null`), then re-raises the first failure and never calls `on_multirun_end`. So rows are
+written from `on_job_end`, and an exit hook prints the table the skipped `on_multirun_end` would have. An
+interrupted job (Ctrl-C, SIGTERM) stops the sweep by SystemExit, skipping `on_job_end`: the exit hook
+records it as `interrupted`, with the checkpoint that resumes it.
 It does nothing outside MULTIRUN mode, and nothing in the extra processes of a DDP job (rank > 0).
 """
 
@@ -29,11 +31,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_cnn.config.resolvers import env_rank
+from mnist_cnn.core.errors import EXITING, describe, first_line
 from mnist_cnn.core.io import atomic_write
 
 log = logging.getLogger("mnist_cnn.config.sweep")
 FIELDS = ("job", "overrides", "status", "val/acc_best", "test/acc", "wall_time_s", "checkpoint", "output_dir", "error")
 SEED_KEYS = ("seed", "+seed", "++seed")
+
+
+def in_sweep() -> bool:
+    """True in a job of a multirun (`-m`), where a failing job must leave the other jobs running."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return bool(HydraConfig.get().mode == RunMode.MULTIRUN)
+    except ValueError:  # not under Hydra
+        return False
 
 
 def child_rank() -> bool:
@@ -176,13 +189,14 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not self._active(config) or self._job is None:
             return
-        ok = job_return.status == JobStatus.COMPLETED
-        self._finish("completed" if ok else "failed", None if ok else repr(job_return._return_value))
+        ok, err = job_return.status == JobStatus.COMPLETED, job_return._return_value
+        self._finish("completed" if ok else "failed", None if ok else describe(err) or first_line(err))
 
     def _on_exit(self) -> None:
         """At process exit: record a job left by SystemExit/KeyboardInterrupt, print a summary not yet printed."""
         if self._job is not None:
-            self._finish("failed", "the job exited before returning (see its log)")
+            code, why = EXITING[-1] if EXITING else (None, "the job exited before returning (see its log)")
+            self._finish("interrupted" if code and code > 128 else "failed", why)
         if self._sweep_dir is not None:  # the sweep failed, so on_multirun_end never ran
             self._print(self._sweep_dir)
 
@@ -191,6 +205,9 @@ class SweepSummary(Callback):
         job, self._job = self._job, None
         metrics_file = Path(job["output_dir"]) / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if status == "completed" and metrics_file.is_file() else {}
+        resume = Path(job["output_dir"]) / "checkpoints" / "interrupted.ckpt"
+        if status == "interrupted" and resume.is_file():
+            metrics["best_ckpt"] = str(resume)  # what resumes it
         row = {
             **{k: job[k] for k in ("job", "overrides", "output_dir")},
             "status": status,
@@ -202,8 +219,9 @@ class SweepSummary(Callback):
         }
         record(job["sweep_dir"], row, self.metric, self.maximize)
         self._sweep_dir = job["sweep_dir"]
-        log.info("sweep job %s %s: val/acc_best %s, test/acc %s -> %s", row["job"], status,
-                 _fmt(row["val/acc_best"]), _fmt(row["test/acc"]), job["sweep_dir"] / "summary.csv")  # fmt: skip
+        scores = f"val/acc_best {_fmt(row['val/acc_best'])}, test/acc {_fmt(row['test/acc'])}"
+        summary = job["sweep_dir"] / "summary.csv"
+        log.info("sweep job %s %s: %s -> %s", row["job"], status, row["error"] or scores, summary)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if child_rank():
