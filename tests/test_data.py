@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 import operator
 from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 import torch
+from conftest import make_tiny_mnist
 from torchvision import datasets, transforms
 
 from mnist_cnn.core.errors import UserError
@@ -142,3 +144,20 @@ def test_missing_files_and_failed_download(tmp_path: Path, monkeypatch: pytest.M
         dm.prepare_data()
     with pytest.raises(UserError, match=r"MNIST is not in .*MNIST/raw: put the four raw IDX files there"):
         dm.setup()
+
+
+def test_legacy_processed_files_are_ignored_with_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Old torchvision left MNIST/processed/{training,test}.pt; torchvision's MNIST still prefers them to raw/."""
+    root = make_tiny_mnist(tmp_path)
+    processed = root / "MNIST" / "processed"
+    processed.mkdir()
+    for name, n in (("training.pt", 300), ("test.pt", 120)):  # loadable, but all black sevens
+        torch.save((torch.zeros(n, 28, 28, dtype=torch.uint8), torch.full((n,), 7)), processed / name)
+    assert set(datasets.MNIST(str(root), train=True).targets.tolist()) == {7}  # the trap is real
+    dm = MNISTDataModule(str(root), val_size=0)
+    with caplog.at_level(logging.INFO, logger="mnist_cnn.data.datamodule"):
+        dm.setup()
+    assert sorted(dm.datasets["train"][1].tolist()) == sorted(i % 10 for i in range(300))
+    assert dm.datasets["test"][1].tolist() == [i % 10 for i in range(120)]  # the raw files' labels
+    (line,) = [r.getMessage() for r in caplog.records if "processed" in r.getMessage()]
+    assert line.startswith("ignoring test.pt, training.pt in ") and "MNIST/raw/" in line

@@ -79,8 +79,9 @@ def fast_precision(accelerator: str = "auto") -> str:
     import torch
 
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if on_gpu:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    if on_gpu:  # V100 and T4 only emulate bf16 (slower than fp32), yet is_bf16_supported() says True by default
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16-mixed" if native else "32-true"
     cpu_bf16 = (
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
         or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
