@@ -9,6 +9,7 @@ those) and `confusion_matrix.png` to logs/eval/runs/<run>/.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from omegaconf import DictConfig, open_dict
 
 from mnist_cnn import CONFIG_DIR
 from mnist_cnn.config.resolvers import register_resolvers
-from mnist_cnn.config.validate import ValidateConfig, validate
+from mnist_cnn.config.sweep import in_sweep
+from mnist_cnn.config.validate import ValidateConfig, check_job, validate
 from mnist_cnn.core.errors import UserError, exit_if_user_error, one_line_errors
 from mnist_cnn.core.io import write_json
 from mnist_cnn.train import quiet_lightning
@@ -102,14 +104,23 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra entry; returns test/acc (for sweeps over checkpoints: ckpt_path=a.ckpt,b.ckpt -m)."""
     try:
+        check_job()  # a multirun job whose config ValidateEvalConfig refused fails here, alone
         return float(evaluate(cfg)["test/acc"])
     except Exception as err:
-        exit_if_user_error(err, log)  # one `error:` line, exit 2; anything else is a bug: full traceback
+        # one `error:` line, exit 2 (in a sweep only this job fails); anything else is a bug: full traceback
+        exit_if_user_error(err, log, sweep_job=in_sweep())
         raise
 
 
 def main() -> None:
-    """`python -m mnist_cnn.evaluate` and `mnist-eval`: every user error one `error:` line."""
+    """`python -m mnist_cnn.evaluate` and `mnist-eval`: every user error one `error:` line.
+
+    The checkpoint may be given on its own (`mnist-eval run/checkpoints/last.ckpt`), as `mnist-predict` and
+    `mnist-export` take it: the one argument that is neither a flag nor an override becomes `ckpt_path=`.
+    """
+    bare = [i for i, arg in enumerate(sys.argv) if i and not arg.startswith(("-", "~", "+")) and "=" not in arg]
+    if len(bare) == 1:
+        sys.argv[bare[0]] = f"ckpt_path={sys.argv[bare[0]]}"
     register_resolvers()
     with one_line_errors():
         hydra_main()

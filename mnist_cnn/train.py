@@ -17,8 +17,10 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from mnist_cnn import CONFIG_DIR
-from mnist_cnn.config.launch import check_devices, install_job_launcher, one_job
+from mnist_cnn.config.launch import check_devices, install_job_launcher, one_job, requeued_checkpoint
 from mnist_cnn.config.resolvers import register_resolvers
+from mnist_cnn.config.sweep import in_sweep
+from mnist_cnn.config.validate import check_job
 from mnist_cnn.core.errors import exit_if_user_error, one_line_errors
 from mnist_cnn.core.io import write_json
 from mnist_cnn.core.memory import keep_freed_memory
@@ -35,7 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.pytorch.utilities import rank_zero_only
 
-    from mnist_cnn.callbacks.dashboards import log_hparams
+    from mnist_cnn.callbacks.dashboards import HParams, run_hparams
     from mnist_cnn.callbacks.timing import Throughput
 
     quiet_lightning()
@@ -52,16 +54,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _recursive_=False, _convert_="all")
     timing = Throughput()
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [timing]
+    overrides = list(HydraConfig.get().overrides.task)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks += [timing, HParams(run_hparams(cfg, overrides))]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
         write_json(out / "provenance.json", provenance())
-        log_hparams(loggers, cfg)
     describe_processes(trainer, cfg.data.batch_size, cfg.trainer.get("accumulate_grad_batches") or 1)
     install_job_launcher()
+    resume = cfg.get("ckpt_path") or requeued_checkpoint(out)  # a SLURM job submitit requeued continues
     with one_job():
-        metrics = fit_and_test(trainer, model, datamodule, cfg.get("ckpt_path"))
+        metrics = fit_and_test(trainer, model, datamodule, resume)
     if timing.startup_s is not None:
         metrics["startup_s"] = round(timing.startup_s, 2)
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
@@ -83,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None) -> dict[str, Any]:
+def fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | Path | None) -> dict[str, Any]:
     """Fit (resuming from `ckpt_path` when set), test the best checkpoint; the metrics the run reports."""
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     val_best = trainer.callback_metrics.get("val/acc_best")
@@ -108,18 +112,41 @@ def fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | Non
     return metrics
 
 
+class _Drop(logging.Filter):
+    """Drops log records that start with one of `prefixes`."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
 def quiet_lightning() -> None:
-    """Lightning's console handler and two warnings that say nothing actionable here."""
+    """Lightning's lines that a user can do nothing about here, silenced where they come from."""
     # Lightning adds its own console handler; Hydra's handlers already print and file its records.
     logging.getLogger("lightning").handlers.clear()
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs new torch
     # Our epoch-level values come from torchmetrics, which already synced them across ranks.
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+    # bf16 runs: the summary's size estimate assumes 32 bits; the parameter counts it prints are exact.
+    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
+    for name, prefixes in {
+        "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),  # an advertisement on every run
+        # Our checkpoint IO loads weights-only whatever this says (mnist_cnn/core/checkpoints.py).
+        "lightning.pytorch.trainer.connectors.checkpoint_connector": ("`weights_only` was not set",),
+    }.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) for f in logger.filters):
+            logger.addFilter(_Drop(*prefixes))
 
 
 def drop_val_monitors(cfg: DictConfig) -> None:
-    """With `data.val_size=0` there is no val/* to monitor: keep the last epoch, never stop early."""
+    """With `data.val_size=0` there is no val/* to monitor: keep the last epoch, never stop early; and no
+    validation loop at all (Lightning would warn that an empty val loader was maybe not intended)."""
     with open_dict(cfg):
+        cfg.trainer.limit_val_batches = 0
         for name, cb in (cfg.get("callbacks") or {}).items():
             if cb and str(cb.get("monitor") or "").startswith("val/"):
                 if str(cb._target_).endswith("EarlyStopping"):
@@ -132,9 +159,11 @@ def drop_val_monitors(cfg: DictConfig) -> None:
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns `optimized_metric` for sweepers (e.g. Optuna)."""
     try:
+        check_job()  # a multirun job whose config ValidateConfig refused fails here, alone
         metrics = train(cfg)
     except Exception as err:
-        exit_if_user_error(err, log)  # one `error:` line, exit 2 (an interruption: 128 + signal number)
+        # one `error:` line, exit 2 (an interruption: 128 + signal number); in a sweep only this job fails
+        exit_if_user_error(err, log, sweep_job=in_sweep())
         raise
     value = metrics.get(cfg.get("optimized_metric") or "")
     return None if value is None else float(value)

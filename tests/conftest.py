@@ -17,17 +17,34 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+# The CI guards (no skips, no missing tests) and the gpu marker's skip: pytest finds hooks by name here.
+from suite_guard import pytest_runtest_logreport, pytest_runtest_setup, pytest_sessionfinish  # noqa: F401
+
 from mnist_cnn import CONFIG_DIR
 from mnist_cnn.config.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 # No progress bar: nulling the callback alone would make Lightning add its default (Rich, every step).
 QUIET = ("callbacks.progress_bar=null", "+trainer.enable_progress_bar=false")
+# Accuracy thresholds on real MNIST: the same arithmetic on every CPU (the default precision follows the CPU).
+FP32 = ("trainer.precision=32-true", "seed=42")
 
 
 def real_data_dir() -> Path:
     """The real MNIST: $MNIST_DATA_DIR (CI sets it), else the project's shared copy beside the checkout."""
     return Path(os.environ.get("MNIST_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Without the real MNIST the end-to-end tests cannot run: stop at once with one line, not dozens of failures."""
+    from mnist_cnn.data.idx import missing_files
+
+    if missing := missing_files(real_data_dir()):
+        pytest.exit(
+            f"error: the tests need the real MNIST: {real_data_dir()}/MNIST/raw/ lacks {', '.join(missing)}; "
+            "set MNIST_DATA_DIR to a folder holding MNIST/raw/ (e.g. one `python train.py` downloaded into data/)",
+            returncode=2,
+        )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -74,9 +91,12 @@ def metrics(run_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real run, shared: the default config, 1 epoch, on the real MNIST."""
+    """One real run, shared: the default config, 1 epoch, on the real MNIST.
+
+    fp32 and a fixed seed: the default precision follows the CPU (bf16 where it is native), and with it the
+    score; test/acc >= 0.975 then holds with 48 images to spare (0.9798; seeds 0-2: 0.984-0.987)."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    check(run_train("trainer.max_epochs=1", f"data.data_dir={real_data_dir()}", f"hydra.run.dir={run_dir}"))
+    check(run_train("trainer.max_epochs=1", *FP32, f"data.data_dir={real_data_dir()}", f"hydra.run.dir={run_dir}"))
     return run_dir
 
 

@@ -33,6 +33,20 @@ class Pace(pl.Callback):
         time.sleep(self.seconds)
 
 
+class RecordCounts(pl.Callback):
+    """After testing, write this rank's TestDashboards `counts` (its confusion matrix) to `folder`."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from mnist_cnn.callbacks.dashboards import TestDashboards
+
+        (dashboards,) = [c for c in trainer.callbacks if isinstance(c, TestDashboards)]  # type: ignore[attr-defined]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"counts_rank{trainer.global_rank}.json").write_text(str(dashboards.counts.tolist()))
+
+
 def run_main() -> None:
     """`python train.py ARGS` in this process, ARGS being this process's own arguments."""
     import runpy
@@ -137,3 +151,13 @@ def as_unprivileged(args: list[str], home: Path) -> subprocess.CompletedProcess:
         cmd = [*NOBODY, exe, "train.py", *args]
     return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
                           env={**os.environ, **env, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+
+
+class IdlePool(pl.Callback):
+    """Leaves a thread pool with an idle worker thread at exit, as torch.compile's worker pools do."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1)  # never shut down: the interpreter's exit hook does it
+        self.pool.submit(int).result()

@@ -97,6 +97,7 @@ def cases(bad_root: Path) -> dict[str, Case]:
     label = corrupt(tiny, root, "label", "train-labels-idx1-ubyte", lambda p: write_idx(p, np.where(np.arange(300) == 7, 12, np.arange(300) % 10)))  # fmt: skip
     trail = corrupt(tiny, root, "trail", "t10k-labels-idx1-ubyte", lambda p: p.write_bytes(p.read_bytes() + bytes(10)))
     empty = corrupt(tiny, root, "empty", "train-labels-idx1-ubyte", lambda p: p.write_bytes(b""))
+    shutil.copytree(tiny, root / "above" / "tiny")
     a_file = root / "notes.txt"
     a_file.write_text("not a folder\n")
     # -- checkpoints
@@ -150,6 +151,8 @@ def cases(bad_root: Path) -> dict[str, Case]:
         "no_val_batches": c("trainer.limit_val_batches=0", msg="trainer.limit_val_batches=0 is invalid: must be > 0 while callbacks monitor val/acc (to train without validation: data.val_size=0)"),
         "optimizer_typo": c("model.optimizer._target_=torch.optim.Adamm", msg="model.optimizer._target_='torch.optim.Adamm' is invalid: must be an importable class or function (torch.optim has no 'Adamm'; did you mean Adam?)"),
         "scheduler_arg_typo": c("model.scheduler={_target_: torch.optim.lr_scheduler.OneCycleLR, _partial_: true, max_lrr: 0.01}", msg="model.scheduler.max_lrr=0.01 is invalid: torch.optim.lr_scheduler.OneCycleLR has no argument 'max_lrr' (did you mean max_lr?)"),
+        "slurm_without_slurm": c("-m", "hydra/launcher=slurm", msg='hydra/launcher=slurm: this machine has no SLURM (submitit: Could not detect "srun", are you indeed on a slurm cluster?); run the sweep on a SLURM login node, or here without the launcher', in_job=True),
+        "compile_on_cpu": c("trainer.accelerator=cpu", "model.compile=true", msg="model.compile=true is invalid: must be false on a CPU (torch.compile made this net 2.2x slower per step on CPU, after 10-60 s of compiling; use it on a GPU)"),
         "malloc_flag_text": c("keep_freed_memory=maybe", msg="keep_freed_memory='maybe' is invalid: must be true or false"),
         "net_classes": c("model.net.num_classes=5", msg="model.net.num_classes=5 is invalid: must be 10 (MNIST has ten digits)"),
         "strategy_needs_gpu": c("trainer.strategy=fsdp", msg="trainer: The strategy `fsdp` requires a GPU accelerator, but received `accelerator='cpu'`. Please set `accelerator='cuda'`, `accelerator='gpu'`, or pass a `CUDAAccelerator()` instance to use FSDP.", in_job=True),
@@ -161,7 +164,10 @@ def cases(bad_root: Path) -> dict[str, Case]:
         "idx_wrong_magic": c(f"data.data_dir={magic}", msg=f"{raw(magic)}/train-labels-idx1-ubyte: wrong magic number 0x00000803; an MNIST labels file starts with 0x00000801"),
         "idx_gzipped": c(f"data.data_dir={gz}", msg=f"{raw(gz)}/t10k-images-idx3-ubyte: wrong magic number 0x1f8b0800; an MNIST images file starts with 0x00000803 (it is gzip-compressed: gunzip it)"),
         "idx_count_mismatch": c(f"data.data_dir={count}", msg=f"{raw(count)}/train-images-idx3-ubyte has 300 images but {raw(count)}/train-labels-idx1-ubyte has 299 labels"),
-        "idx_missing_file": c(f"data.data_dir={missing}", msg=f"{raw(missing)}/t10k-labels-idx1-ubyte is missing and downloading it failed (RuntimeError: Error downloading train-images-idx3-ubyte.gz:){FIX_PATH}", env=DEAD_PROXY, in_job=True),
+        "idx_missing_file": c(f"data.data_dir={missing}", msg=f"{raw(missing)}/t10k-labels-idx1-ubyte is missing and downloading it failed (Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno 111] Connection refused>){FIX_PATH}", env=DEAD_PROXY, in_job=True),
+        "data_dir_is_the_raw_folder": c(f"data.data_dir={raw(tiny)}", msg=f"data.data_dir={raw(tiny)} holds the MNIST files itself; give data.data_dir={tiny} (the folder that holds MNIST/raw/)"),
+        "data_dir_is_the_mnist_folder": c(f"data.data_dir={tiny / 'MNIST'}", msg=f"data.data_dir={tiny / 'MNIST'} holds raw/ with the MNIST files; give data.data_dir={tiny} (the folder that holds MNIST/raw/)"),
+        "data_dir_one_above": c(f"data.data_dir={root / 'above'}", msg=f"data.data_dir={root / 'above'} has no MNIST/raw/, but {raw(root / 'above' / 'tiny')} has the files: give data.data_dir={root / 'above' / 'tiny'}"),
         "idx_not_28x28": c(f"data.data_dir={big}", msg=f"{raw(big)}/train-images-idx3-ubyte: images are 32x32 pixels, MNIST's are 28x28"),
         "idx_label_not_digit": c(f"data.data_dir={label}", msg=f"{raw(label)}/train-labels-idx1-ubyte: label 12 at index 7 is not a digit 0-9"),
         "idx_trailing_bytes": c(f"data.data_dir={trail}", msg=f"{raw(trail)}/t10k-labels-idx1-ubyte: 10 bytes of unexpected data after the 120 labels its header declares"),
@@ -209,7 +215,8 @@ CASE_NAMES = [
     *("typo_option", "slash_not_dot", "unclosed_list", "no_equals", "sweep_without_m", "bad_interpolation"),
     *("seed_negative", "empty_data_dir", "data_dir_is_file", "loader_name", "min_above_max", "no_val_batches"),
     *("optimizer_typo", "scheduler_arg_typo", "net_outside_package", "monitor_typo", "multirun_bad_value"),
-    *("net_classes", "strategy_needs_gpu", "malloc_flag_text"),
+    *("net_classes", "strategy_needs_gpu", "malloc_flag_text", "compile_on_cpu", "slurm_without_slurm"),
+    *("data_dir_is_the_raw_folder", "data_dir_is_the_mnist_folder", "data_dir_one_above"),
     *("idx_truncated", "idx_wrong_magic", "idx_gzipped", "idx_count_mismatch", "idx_missing_file", "idx_not_28x28"),
     *("idx_label_not_digit", "idx_trailing_bytes", "idx_empty_file", "ckpt_missing", "ckpt_folder", "ckpt_truncated"),
     *("ckpt_text", "ckpt_empty", "ckpt_code_payload", "ckpt_foreign_target", "ckpt_nested_target"),
@@ -231,6 +238,20 @@ def test_bad_input_is_one_clear_line(name: str, cases: dict[str, Case], results:
     if not cases[name].in_job:  # caught before Hydra created the run folder: nothing left behind
         assert not run_dir.exists() and not proc.stdout.strip()
         assert proc.stderr.strip() == f"error: {cases[name].message}"
+
+
+def test_a_failed_download_leaves_no_folders_and_no_empty_tensorboard_run(tmp_path: Path) -> None:
+    """A made-up data path: one line with the download's reason; no MNIST/raw left behind, no event file."""
+    made_up, run_dir = tmp_path / "made" / "up", tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"data.data_dir={made_up}", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env={**os.environ, **DEAD_PROXY}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert (
+        proc.returncode == 2 and "downloading it failed (Error downloading train-images-idx3-ubyte.gz: <" in proc.stderr
+    )
+    assert not (tmp_path / "made").exists()
+    assert not list(run_dir.rglob("events.out.tfevents*"))  # TensorBoard lists no empty run
 
 
 def test_a_code_payload_never_runs(results: dict, bad_root: Path) -> None:

@@ -49,6 +49,55 @@ def test_run_event_files_have_hparams_with_real_metrics_and_test_images(tiny_mni
     assert wrong.size[0] >= 300 and wrong.size[1] > 56  # random images: nearly all of them are misclassified
 
 
+KNOBS = {
+    "model/net/name",
+    "model/optimizer/name",
+    "model/optimizer/lr",
+    "model/scheduler/name",
+    "model/label_smoothing",
+    "model/augment",
+    "data/batch_size",
+    "trainer/max_epochs",
+    "trainer/max_steps",
+    "trainer/precision",
+    "seed",
+}
+
+
+def test_hparams_table_holds_the_knobs_and_the_swept_override_not_the_whole_config(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """The HParams view gets ~10 knobs plus what each job overrode: its metric columns stay on screen."""
+    sweep = tmp_path / "sweep"
+    check(run_train("-m", "+model.label_smoothing=0.0,0.1", "debug=limit", "data.val_size=50", "trainer.max_epochs=1",
+                    f"data.data_dir={tiny_mnist}", f"hydra.sweep.dir={sweep}", *QUIET))  # fmt: skip
+    for job, smoothing in (("0", 0.0), ("1", 0.1)):
+        hp = read_events(sweep / job / "tensorboard").PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
+        keys = set(start.hparams)
+        overridden = {"model/label_smoothing", "debug", "data/val_size", "trainer/max_epochs", "callbacks/progress_bar",
+                      "trainer/enable_progress_bar"}  # fmt: skip
+        assert len(keys) <= 25 and keys - overridden <= KNOBS, keys  # nothing the job did not choose
+        assert start.hparams["model/label_smoothing"].number_value == pytest.approx(smoothing)
+        assert start.hparams["model/net/name"].string_value == "SimpleCNN"
+        assert start.hparams["model/optimizer/lr"].number_value == pytest.approx(1e-3)
+        assert "data/data_dir" not in keys  # a path, not a hyperparameter
+
+
+def test_figure_text_is_large_enough_for_tensorboard_cards() -> None:
+    """TensorBoard shows an image ~330 px wide: text must stay >= 11 px there (Pillow's scalable font)."""
+    from PIL import ImageFont
+
+    from mnist_cnn.callbacks import figures
+
+    assert isinstance(figures._font(19), ImageFont.FreeTypeFont)  # not the 11 px bitmap fallback
+    counts = np.diag(np.full(10, 1000))
+    cm = confusion_matrix_image(counts, title="test set")
+    grid = figures.misclassified_grid(np.zeros((12, 1, 28, 28), np.uint8), np.arange(12) % 10, np.zeros(12, int))
+    for image, text_px in ((cm, 19), (grid, 17)):
+        assert text_px * 330 / image.shape[1] >= 11, image.shape
+
+
 def test_a_run_without_validation_logs_no_made_up_val_score(tiny_mnist: Path, tmp_path: Path) -> None:
     """`data.val_size=0` (as `experiment=best` trains): hp/test_acc is real, hp/val_acc stays empty, not NaN."""
     check(run_train("debug=limit", "data.val_size=0", f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}",

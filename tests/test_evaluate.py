@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, metrics, real_data_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
 from mnist_cnn.callbacks.figures import confusion_matrix_image
@@ -30,7 +31,8 @@ def evaluate(log_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]
 
 def test_evaluate_reproduces_the_training_runs_test_phase(trained_run: Path, tmp_path: Path) -> None:
     train = metrics(trained_run)
-    proc = evaluate(tmp_path, f"ckpt_path={train['best_ckpt']}")
+    precision = OmegaConf.load(trained_run / ".hydra" / "config.yaml").trainer.precision  # as README says: pass it
+    proc = evaluate(tmp_path, f"ckpt_path={train['best_ckpt']}", f"trainer.precision={precision}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "eval" / "runs").iterdir()  # task_name eval: logs/eval/runs/<run>/
     got = json.loads((run / "metrics.json").read_text())
@@ -53,6 +55,15 @@ def test_evaluate_reproduces_the_training_runs_test_phase(trained_run: Path, tmp
     assert png.format == "PNG" and min(png.size) >= 400
     assert "per-class accuracy: 0: " in proc.stdout + proc.stderr
     assert f"test/acc {train['test/acc']:.4f}" in (run / "eval.log").read_text()
+
+
+def test_the_checkpoint_can_be_given_on_its_own(trained_run: Path, tmp_path: Path) -> None:
+    """`mnist-eval PATH.ckpt`, as mnist-predict and mnist-export take it; `ckpt_path=PATH` still works."""
+    proc = evaluate(tmp_path, metrics(trained_run)["best_ckpt"], "++trainer.limit_test_batches=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "eval" / "runs").iterdir()
+    got = json.loads((run / "metrics.json").read_text())
+    assert Path(got["ckpt_path"]) == Path(metrics(trained_run)["best_ckpt"]).resolve() and got["n_test"] == 2000
 
 
 @pytest.mark.parametrize(

@@ -119,29 +119,65 @@ def log_images(trainer: pl.Trainer, images: dict[str, np.ndarray]) -> None:
                 client.log_image(cast(Any, logger).run_id, image, artifact_file=f"{tag}.png")
 
 
-def flat_hparams(cfg: Any) -> dict[str, Any]:
-    """The composed config as flat `a/b/c` keys with scalar values, which the HParams view can show."""
-    out: dict[str, Any] = {}
+# The knobs that tell runs apart, as `a/b/c` config paths; the full config stays in <run>/.hydra/config.yaml.
+KNOBS = (
+    "model/net/_target_", "model/optimizer/_target_", "model/optimizer/lr", "model/scheduler/_target_",
+    "model/label_smoothing", "model/augment", "data/batch_size", "trainer/max_epochs", "trainer/max_steps",
+    "trainer/precision", "seed",
+)  # fmt: skip
+_ABSENT = object()
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}/{k}" if prefix else str(k))
-        else:
-            out[prefix] = node if isinstance(node, int | float | str | bool) else str(node)
 
+def run_hparams(cfg: Any, overrides: list[str]) -> dict[str, Any]:
+    """The HParams table's columns: the knobs above plus every key this job overrode, as scalars.
+
+    A whole config (~80 keys, `callbacks/divergence_guard/_target_` ...) buries the metric columns off-screen;
+    a group override (`experiment=fast`) is shown as the option chosen.
+    """
     from omegaconf import OmegaConf
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
+    def value(path: str) -> Any:
+        node = OmegaConf.select(cfg, path.replace("/", "."), default=None)
+        node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        if isinstance(node, str) and path.endswith("_target_"):
+            return node.rsplit(".", 1)[-1]  # mnist_cnn.models.nets.SimpleCNN -> SimpleCNN
+        return node if isinstance(node, int | float | str | bool) else "none" if node is None else str(node)
+
+    present = [p for p in KNOBS if OmegaConf.select(cfg, p.replace("/", "."), default=_ABSENT) is not _ABSENT]
+    # `model/optimizer/name`, not `model/optimizer`: MLflow stores params as files, so a key that is the
+    # prefix of another (`model/optimizer/lr`) cannot be both a file and a folder.
+    params = {path.replace("/_target_", "/name"): value(path) for path in present}
+    for arg in overrides:
+        key, _, chosen = arg.lstrip("+~").partition("=")
+        if key.startswith("hydra") or key in ("data.data_dir", "ckpt_path"):  # paths name no hyperparameter
+            continue
+        node = OmegaConf.select(cfg, key, default=None)
+        group_choice = "." not in key and (node is None or OmegaConf.is_config(node))  # experiment=fast
+        params[key.replace(".", "/")] = chosen if group_choice else value(key.replace(".", "/"))
+    return params
 
 
-def log_hparams(loggers: list[Any], cfg: Any) -> None:
-    """Record the whole config once; TensorBoard's HParams view gets real metrics (hp/*) at the end."""
+class HParams(Callback):
+    """Write the HParams table (`run_hparams`) as training starts, from rank 0.
+
+    Not earlier: a run that fails before training (a download, a refused setting) would leave an event
+    file that TensorBoard lists as an empty run.
+    """
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            log_hparams(trainer.loggers, self.params)
+
+
+def log_hparams(loggers: list[Any], params: dict[str, Any]) -> None:
+    """Record the run's knobs once; TensorBoard's HParams view gets real metrics (hp/*) at the end."""
     from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.tensorboard.summary import hparams
 
-    params = flat_hparams(cfg)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             # Declares the metric tags without writing a value: no fake hp_metric=-1, no fake 0.

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mnist_cnn.core.io import atomic_write
 
-CELL = 46
+CELL = 48  # with 19 px counts: TensorBoard's ~330 px card shows them as ~12 px text
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -20,21 +20,37 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _arrow(draw: ImageDraw.ImageDraw, x: float, y: float, width: float, fill: str) -> None:
+    """A right arrow: Pillow's bundled font has no `→` glyph."""
+    draw.line((x, y, x + width, y), fill=fill, width=2)
+    draw.polygon([(x + width, y), (x + width - 5, y - 4), (x + width - 5, y + 4)], fill=fill)
+
+
 def misclassified_grid(
-    images: np.ndarray, labels: np.ndarray, preds: np.ndarray, total: int | None = None, cols: int = 8, zoom: int = 2
+    images: np.ndarray, labels: np.ndarray, preds: np.ndarray, total: int | None = None, cols: int = 6, zoom: int = 2
 ) -> np.ndarray:
-    """Digits (N, 1, 28, 28) uint8, white on black, tiled in a grid and captioned `t:7 p:1` (true, predicted)."""
-    size, caption, header = 28 * zoom, 14, 18
+    """Digits (N, 1, 28, 28) uint8, white on black, tiled and captioned `7→1` (true→predicted); RGB uint8.
+
+    Sized for TensorBoard's image cards (~330 px wide): six 56 px digits a row and 17 px captions still read
+    as ~13 px text at 100% zoom.
+    """
+    size, gap, caption, header = 28 * zoom, 6, 22, 48
     rows = max(1, -(-len(images) // cols))
-    img = Image.new("RGB", (max(cols * (size + 4), 300), header + rows * (size + caption + 4)), "white")
-    draw, font = ImageDraw.Draw(img), _font(11)
+    img = Image.new("RGB", (cols * (size + gap) + gap, header + rows * (size + caption + gap)), "white")
+    draw, font = ImageDraw.Draw(img), _font(17)
     shown = f"first {len(images)} of {total}" if total is not None else str(len(images))
-    draw.text((2, 2), f"misclassified test digits: {shown} (t: true, p: predicted)", fill="black", font=font)
+    draw.text((gap, 4), f"misclassified: {shown}", fill="black", font=font)
+    draw.text((gap, 25), "true", fill="black", font=font)
+    _arrow(draw, gap + 36, 35, 16, "black")
+    draw.text((gap + 58, 25), "predicted", fill="black", font=font)
     for i in range(len(images)):
-        x, y = (i % cols) * (size + 4) + 2, header + (i // cols) * (size + caption + 4) + 2
+        x, y = gap + (i % cols) * (size + gap), header + (i // cols) * (size + caption + gap)
         digit = Image.fromarray(255 - images[i].reshape(28, 28)).resize((size, size), Image.Resampling.NEAREST)
         img.paste(digit, (x, y + caption))  # dark ink on white, like the page around it
-        draw.text((x + size / 2, y), f"t:{int(labels[i])} p:{int(preds[i])}", fill="red", font=font, anchor="mt")
+        mid = x + size / 2
+        draw.text((mid - 10, y), str(int(labels[i])), fill="black", font=font, anchor="rt")
+        _arrow(draw, mid - 8, y + 9, 16, "red")
+        draw.text((mid + 10, y), str(int(preds[i])), fill="red", font=font, anchor="lt")
     return np.asarray(img)
 
 
@@ -49,16 +65,16 @@ def confusion_matrix_image(counts: np.ndarray, title: str = "") -> np.ndarray:
     if counts.shape != (n, n):
         raise ValueError(f"a confusion matrix must be square, got shape {counts.shape}")
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    left, top = 70, 80 if title else 56
-    img = Image.new("RGB", (left + n * CELL + 20, top + n * CELL + 50), "white")
+    left, top = 80, 94 if title else 64
+    img = Image.new("RGB", (left + n * CELL + 8, top + n * CELL + 44), "white")
     draw = ImageDraw.Draw(img)
-    small, label = _font(13), _font(15)
+    small, label = _font(19), _font(22)
     if title:
-        draw.text((left + n * CELL / 2, 14), title, fill="black", font=label, anchor="mt")
-    draw.text((left + n * CELL / 2, top - 34), "predicted", fill="black", font=label, anchor="mm")
-    draw.text((16, top + n * CELL / 2), "true", fill="black", font=label, anchor="mm")
+        draw.text((left + n * CELL / 2, 6), title, fill="black", font=label, anchor="mt")
+    draw.text((left + n * CELL / 2, top - 42), "predicted", fill="black", font=label, anchor="mm")
+    draw.text((4, top + n * CELL / 2), "true", fill="black", font=label, anchor="lm")
     for i in range(n):
-        draw.text((left + i * CELL + CELL / 2, top - 12), str(i), fill="black", font=label, anchor="mm")
+        draw.text((left + i * CELL + CELL / 2, top - 14), str(i), fill="black", font=label, anchor="mm")
         draw.text((left - 14, top + i * CELL + CELL / 2), str(i), fill="black", font=label, anchor="mm")
         for j in range(n):
             # Off-diagonal shares are small: stretch them (x5) so a 2% confusion is visible.
@@ -75,7 +91,7 @@ def confusion_matrix_image(counts: np.ndarray, title: str = "") -> np.ndarray:
                 draw.text((box[0] + CELL / 2, box[1] + CELL / 2), str(counts[i, j]), fill=ink, font=small, anchor="mm")
     total = counts.sum()
     acc = np.trace(counts) / total if total else float("nan")
-    draw.text((left, top + n * CELL + 16), f"{total} images, accuracy {acc:.4f}", fill="black", font=label)
+    draw.text((left, top + n * CELL + 10), f"{total} images, accuracy {acc:.4f}", fill="black", font=label)
     return np.asarray(img)
 
 

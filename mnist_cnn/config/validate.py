@@ -143,12 +143,15 @@ def validate(cfg: DictConfig) -> None:
     data_dir, val_size = _get(cfg, "data.data_dir"), _get(cfg, "data.val_size")
     if isinstance(data_dir, str):
         idx.check_readable_folder(Path(data_dir).expanduser())
+        idx.check_layout(data_dir)
         if not idx.missing_files(data_dir):  # present: check (and read, once) now; missing: downloaded later
             n_train = len(idx.read_split(data_dir, "train")[1])
             idx.read_split(data_dir, "test")
             if is_int(val_size) and val_size >= n_train:
                 allowed = f"an integer in [0, {n_train}) ({data_dir} has {n_train} training images; 0 = no validation)"
                 raise _fail("data.val_size", val_size, allowed)
+    if _get(cfg, "model.compile") is True and _on_cpu(_get(cfg, "trainer.accelerator")):
+        raise _fail("model.compile", True, f"false on a CPU ({COMPILE_ON_CPU})")
     monitors = _check_monitors(cfg)
     if (limit := _get(cfg, "trainer.limit_val_batches")) in (0, 0.0) and val_size and monitors:
         allowed = f"> 0 while callbacks monitor {monitors[0]} (to train without validation: data.val_size=0)"
@@ -156,6 +159,18 @@ def validate(cfg: DictConfig) -> None:
     if (ckpt_path := _get(cfg, "ckpt_path")) not in (None, _ABSENT, ""):
         _check_resume(cfg, str(ckpt_path))
     _check_targets(cfg)
+
+
+# Measured (benchmarks/RESULTS.md): slower per step than eager oneDNN on both CPU kinds, plus the compile itself.
+COMPILE_ON_CPU = "torch.compile made this net 2.2x slower per step on CPU, after 10-60 s of compiling; use it on a GPU"
+
+
+def _on_cpu(accelerator: Any) -> bool:
+    if accelerator == "cpu":
+        return True
+    import torch
+
+    return accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
 
 
 def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
@@ -166,6 +181,17 @@ def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
             f"ckpt_path={ckpt_path} was trained with model.net={show(old)}, but this run builds "
             f"model.net={show(new)}; resume with the same model.net"
         )
+
+
+# A multirun job's config error, found as the job starts; its job function raises it (`check_job`).
+_JOB_ERRORS: list[UserError] = []
+
+
+def check_job() -> None:
+    """Raise the error `ValidateConfig` found in this multirun job's config: the job fails as any failing job
+    does (Hydra records it, the sweep goes on), which a callback alone cannot do (Hydra only warns about it)."""
+    if _JOB_ERRORS:
+        raise _JOB_ERRORS.pop()
 
 
 class ValidateConfig(Callback):
@@ -189,4 +215,8 @@ class ValidateConfig(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
-            self._run(config)
+            _JOB_ERRORS.clear()
+            try:
+                self.check(config)
+            except UserError as err:  # one bad job of a sweep: fail that job only (the other jobs still run)
+                _JOB_ERRORS.append(err)

@@ -8,7 +8,10 @@ is imported.
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import threading
+from collections.abc import Callable
 from importlib import metadata
 from types import ModuleType
 from typing import Any
@@ -56,6 +59,24 @@ def precision_names() -> list[str]:
     module = private("lightning.fabric.plugins.precision.precision", "_PRECISION_INPUT", "lightning", LIGHTNING_WORKS)
     literal: Any = module._PRECISION_INPUT
     return [p for lit in literal.__args__ for p in lit.__args__]
+
+
+def interpreter_exit() -> Callable[[], None] | None:
+    """What CPython runs at exit before it tears modules down, or None where these names are missing.
+
+    `threading._shutdown` runs the executors' shutdown hooks (concurrent.futures, torch's compile workers)
+    and then joins the non-daemon threads; `atexit._run_exitfuncs` runs the atexit handlers. Joining the
+    threads without the hooks first waits forever on an executor's idle worker.
+    """
+    shutdown, exitfuncs = getattr(threading, "_shutdown", None), getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or exitfuncs is None:
+        return None
+
+    def run() -> None:
+        shutdown()
+        exitfuncs()
+
+    return run
 
 
 hydra_utils()  # at import: Hydra's is needed before any config is composed

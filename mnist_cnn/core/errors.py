@@ -95,6 +95,43 @@ def _lightning_refused(err: BaseException | None) -> str | None:
     return " ".join(str(err).split()) if module.startswith(("lightning.", "lightning_fabric.")) else None
 
 
+def _raised_in(err: BaseException, *prefixes: str) -> bool:
+    """Whether any frame of `err`'s traceback runs in a module starting with one of `prefixes`."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(prefixes):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _storage_refused(err: BaseException) -> str | None:
+    """Optuna's study storage (`hydra.sweeper.storage`) would not open or write: a bad URL, a missing folder or
+    driver, or a library version it cannot work with; raised from optuna's storage code or the database layer."""
+    if not _raised_in(err, "optuna.storages", "sqlalchemy.", "alembic."):
+        return None
+    setting = next((a.lstrip("+") for a in sys.argv[1:] if a.lstrip("+").startswith("hydra.sweeper.storage=")), None)
+    why = " ".join(first_line(err, limit=200).split())
+    try:
+        from importlib import metadata
+
+        if int(metadata.version("sqlalchemy").split(".")[0]) >= 2:  # optuna 2.x asserts on its schema version
+            why += '; optuna 2.x needs SQLAlchemy<2: pip install -c constraints.txt -e ".[optuna]"'
+    except (ImportError, ValueError):
+        pass
+    return f"{setting or 'hydra.sweeper.storage'}: the Optuna study storage failed: {why}"
+
+
+def _no_slurm(err: BaseException) -> str | None:
+    """`hydra/launcher=slurm` where there is no SLURM: submitit cannot find `srun`/`sbatch`."""
+    if isinstance(err, RuntimeError) and "slurm" in str(err).lower() and _raised_in(err, "submitit."):
+        return (
+            "hydra/launcher=slurm: this machine has no SLURM (submitit: "
+            f"{first_line(err, typed=False)}); run the sweep on a SLURM login node, or here without the launcher"
+        )
+    return None
+
+
 def describe(err: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for anything else."""
     from hydra.errors import (
@@ -125,6 +162,10 @@ def describe(err: BaseException) -> str | None:
         return f"{key.group(1)}: {refused}" if refused and key else refused
     if refused := _lightning_refused(err):
         return refused
+    if storage := _storage_refused(err):
+        return storage
+    if no_slurm := _no_slurm(err):
+        return no_slurm
     if isinstance(err, CompactHydraException):
         return _not_in_struct(err) or "; ".join(line.rstrip(".") for line in _lines(str(err))) or type(err).__name__
     if isinstance(err, OmegaConfBaseException):
@@ -137,18 +178,32 @@ def describe(err: BaseException) -> str | None:
     return None
 
 
-def exit_if_user_error(err: BaseException, log: logging.Logger | None = None) -> None:
+# (exit code, message) of the `error:` line this process exits with: a sweep's summary records it for the job
+# that was running (mnist_cnn/config/sweep.py), since a job left by SystemExit returns nothing to Hydra.
+EXITING: list[tuple[int, str]] = []
+
+
+def exit_if_user_error(err: BaseException, log: logging.Logger | None = None, sweep_job: bool = False) -> None:
     """Print `error: ...` and exit (2, or 128 + signal for an interruption) when `err` is the user's to fix.
 
-    Returns (and the caller re-raises) for anything else, and always under HYDRA_FULL_ERROR=1.
+    Returns (and the caller re-raises) for anything else, and always under HYDRA_FULL_ERROR=1. A job of a
+    sweep (`sweep_job`) only logs it and returns: Hydra records the job as failed, runs the others, then
+    re-raises the first failure (its `error:` line, once); only an interruption (Ctrl-C, SIGTERM: 128 +
+    signal) stops the whole sweep at once.
     """
     message = None if full_error() else describe(err)
+    code = getattr(err, "exit_code", 2)
+    if sweep_job and code < 128:
+        if log is not None:  # the job's log keeps a bug's traceback: Hydra re-raises only the sweep's first failure
+            log.error("this job failed: %s", message or first_line(err), exc_info=None if message else err)
+        return
     if message is None:
         return
     if log is not None:
         log.error("%s", message)  # into the run's log file too
     print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(getattr(err, "exit_code", 2)) from None
+    EXITING.append((code, message))
+    raise SystemExit(code) from None
 
 
 @contextmanager
@@ -179,7 +234,9 @@ def one_line_errors() -> Iterator[None]:
     except KeyboardInterrupt:  # Ctrl-C outside training (which mnist_cnn.callbacks.guards.Interruptible handles)
         if full_error():
             raise
-        print("error: interrupted (SIGINT) outside training; checkpoints already saved are kept", file=sys.stderr)
+        message = "interrupted (SIGINT) outside training; checkpoints already saved are kept"
+        print(f"error: {message}", file=sys.stderr)
+        EXITING.append((128 + signal.SIGINT, message))
         raise SystemExit(128 + signal.SIGINT) from None
     finally:
         setattr(hydra_utils, "run_and_report", original)  # noqa: B010

@@ -10,7 +10,9 @@ counts every test image exactly once at any world size.
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +26,7 @@ from mnist_cnn.core.errors import UserError, first_line
 from mnist_cnn.data.idx import check_readable_folder, missing_files, raw_folder, read_split
 
 Split = Literal["train", "val", "test"]
+log = logging.getLogger(__name__)
 FIX = "put the four raw IDX files there, or point MNIST_DATA_DIR (or data.data_dir=) at a folder holding MNIST/raw/"
 
 
@@ -99,6 +102,28 @@ class TensorBatches:
             yield self.images[idx], self.labels[idx]
 
 
+def download_error(err: BaseException) -> str:
+    """torchvision's "Error downloading X:" with the reason (the last mirror's), which its first line leaves out."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    reasons = [line for line in lines[1:] if not line.startswith("Tried ")]
+    return f"{lines[0]} {reasons[-1]}" if lines and reasons else first_line(err)
+
+
+def eval_batch_size(n: int, batch_size: int, limit: float | int) -> int:
+    """`batch_size`, made small enough that a fractional `trainer.limit_*_batches` still keeps >= 1 batch.
+
+    Evaluation batches are big (1,000 images: fewer, faster steps), so the 5,000 validation images are 5
+    batches and `limit_val_batches=0.1` would ask Lightning for 0.5 of one, which it refuses. A fraction
+    shrinks the batches to about `limit` x the shard instead: that fraction of the images is evaluated.
+    """
+    if not isinstance(limit, float) or not 0.0 < limit < 1.0 or n == 0:
+        return batch_size
+    size = min(batch_size, max(1, int(n * limit)))
+    while size > 1 and int(math.ceil(n / size) * limit) < 1:  # Lightning's own rounding: int(batches * limit)
+        size -= 1
+    return size
+
+
 class MNISTDataModule(pl.LightningDataModule):
     """The official 60k/10k MNIST; `val_size` training images held out (by `split_seed`) for validation."""
 
@@ -129,11 +154,18 @@ class MNISTDataModule(pl.LightningDataModule):
             return
         from torchvision import datasets
 
+        raw = raw_folder(self.data_dir)
+        created = None if raw.exists() else raw  # the top-most folder the download is about to create
+        while created is not None and not created.parent.exists():
+            created = created.parent
         try:
             for train in (True, False):
                 datasets.MNIST(self.data_dir, train=train, download=True)
         except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on the failure
-            raise UserError(f"{self._missing()} and downloading it failed ({first_line(err)}); {FIX}") from err
+            missing = self._missing()
+            if created is not None:  # leave no empty MNIST/raw (or half a download) behind in the user's folder
+                shutil.rmtree(created, ignore_errors=True)
+            raise UserError(f"{missing} and downloading it failed ({download_error(err)}); {FIX}") from err
 
     def _missing(self) -> str:
         raw, missing = raw_folder(self.data_dir), missing_files(self.data_dir)
@@ -145,6 +177,10 @@ class MNISTDataModule(pl.LightningDataModule):
         check_readable_folder(self.data_dir)
         if missing_files(self.data_dir):
             raise UserError(f"{self._missing()}: {FIX}")
+        # torchvision's MNIST loads legacy MNIST/processed/*.pt in place of the raw files; we never do: say so.
+        processed = raw_folder(self.data_dir).parent / "processed"
+        if legacy := sorted(p.name for p in processed.glob("*.pt")):
+            log.info("ignoring %s in %s: the images are read from MNIST/raw/", ", ".join(legacy), processed)
         (train_x, train_y), (test_x, test_y) = (read_split(self.data_dir, s) for s in ("train", "test"))
         val_size, loader = self.hparams["val_size"], self.hparams["loader"]
         if not 0 <= val_size < len(train_y):
@@ -195,7 +231,9 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: Split) -> Any:
         rank, world = self._rank_world()
-        return self._loader(split, EvalShard(self._len(split), rank, world), self.hparams["eval_batch_size"])
+        shard = EvalShard(self._len(split), rank, world)
+        limit = getattr(self.trainer, f"limit_{split}_batches", 1.0) if self.trainer else 1.0
+        return self._loader(split, shard, eval_batch_size(len(shard), self.hparams["eval_batch_size"], limit))
 
     def val_dataloader(self) -> Any:
         return self._eval_loader("val") if self.has_val else []

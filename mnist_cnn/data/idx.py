@@ -38,6 +38,31 @@ def missing_files(data_dir: str | Path) -> list[str]:
     return [name for name in ALL_FILES if not (raw / name).exists()]
 
 
+def check_layout(data_dir: str | Path, key: str = "data.data_dir") -> None:
+    """The four files one level off (the user gave MNIST/raw itself, MNIST/, or a folder above): say what to give.
+
+    Otherwise the download would create MNIST/raw/MNIST/raw inside the user's folder and fail offline.
+    """
+    given = Path(data_dir).expanduser()
+    if not missing_files(given):
+        return
+    has_all = lambda folder: all((folder / name).is_file() for name in ALL_FILES)  # noqa: E731
+    if has_all(given):
+        right = given.parent.parent if given.parts[-2:] == ("MNIST", "raw") else None
+        fix = f"give {key}={right}" if right else f"move them into {raw_folder(given)}/"
+        raise UserError(f"{key}={given} holds the MNIST files itself; {fix} (the folder that holds MNIST/raw/)")
+    if has_all(given / "raw"):
+        right = given.parent if given.name == "MNIST" else None
+        fix = f"give {key}={right}" if right else f"move them into {raw_folder(given)}/"
+        raise UserError(f"{key}={given} holds raw/ with the MNIST files; {fix} (the folder that holds MNIST/raw/)")
+    subfolders = sorted(d for d in given.iterdir() if d.is_dir()) if given.is_dir() else []
+    below = [d for d in subfolders if has_all(raw_folder(d))]
+    if below:
+        raise UserError(
+            f"{key}={given} has no MNIST/raw/, but {raw_folder(below[0])} has the files: give {key}={below[0]}"
+        )
+
+
 def check_readable_folder(path: Path, key: str = "data.data_dir") -> None:
     """A folder we cannot list or enter: say so, instead of torchvision calling it 'not found'."""
     if path.exists() and not path.is_dir():
