@@ -125,10 +125,11 @@ def test_requires_python_is_what_the_pinned_versions_need() -> None:
             meta = metadata.metadata(name)
         except metadata.PackageNotFoundError:
             continue  # an extra not installed here
-        if meta["Version"] != version or not meta.get("Requires-Python"):
+        requires_python = (meta.get_all("Requires-Python") or [""])[0]  # absent: KeyError on item access
+        if meta["Version"] != version or not requires_python:
             continue
         checked += 1
-        needs = SpecifierSet(meta["Requires-Python"])
+        needs = SpecifierSet(requires_python)
         assert needs.contains(oldest, prereleases=True), (
             f"{name}=={version} needs Python {needs}, pyproject allows {oldest}"
         )
