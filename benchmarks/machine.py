@@ -6,8 +6,10 @@ Speed numbers only compare on like machines: bf16 is native (fast) with AVX512-B
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,10 @@ def describe() -> dict[str, Any]:
             "amx_tile": probe("_is_amx_tile_supported"),
         },
         "python": platform.python_version(),
+        "env": sys.prefix,
+        # torchmetrics (imported by Lightning) imports scipy.signal whenever SciPy is installed (the optuna extra
+        # brings it): train.py's start-up differs between environments (benchmarks/RESULTS.md)
+        "scipy": importlib.util.find_spec("scipy") is not None,
     }
 
 
@@ -76,4 +82,6 @@ def header(m: dict[str, Any]) -> str:
         f"cpu flags: {flags}",
         f"torch sees: {t['threads']} threads, mkldnn={yn(t['mkldnn'])}, cpu capability {t['cpu_capability']}, "
         f"avx512_bf16={yn(t['avx512_bf16'])}, amx_tile={yn(t['amx_tile'])}",
+        f"environment: {m['env']}; SciPy " + ("installed (torchmetrics imports scipy.signal into train.py's "
+        "start-up)" if m["scipy"] else "absent (as in the quick start's install)"),
     ])  # fmt: skip

@@ -1,22 +1,4 @@
-"""Lightning plugins and callbacks that keep long runs safe: checkpoint IO, interruption, a divergence guard.
-
-`SafeCheckpointIO` (conf/trainer/default.yaml `plugins`): every checkpoint the Trainer writes or reads goes
-through mnist_cnn/core/checkpoints.py: atomic writes, weights-only loads of untrusted files.
-
-`Interruptible`: SIGINT (Ctrl-C) and SIGTERM (`docker stop`, SLURM before the time limit, `kill`) stop
-training at the next batch boundary, save `checkpoints/interrupted.ckpt` and exit with 128 + the signal
-number and the command that resumes it. Lightning's own SIGTERM handling exits 0 without a checkpoint, and
-a KeyboardInterrupt can land in the middle of an optimizer step; here the state saved is always a
-consistent one. submitit's SIGUSR2 (`hydra/launcher=slurm`, before the time limit or on preemption) is
-handled the same way, then handed to submitit's own handler: it requeues the job, which resumes from that
-checkpoint (mnist_cnn/config/launch.py `requeued_checkpoint`). Every checkpoint also carries the RNG
-states, and the in-memory loader its position (mnist_cnn.data.datamodule.TensorBatches), so a resumed run
-continues bit for bit.
-
-`DivergenceGuard`: a non-finite training loss, or one that stays far above its first value, stops the run
-with one line instead of training on garbage for hours; checked on the device every `window` steps (no
-per-step host sync) and before every checkpoint save, so a NaN model never replaces a good checkpoint.
-"""
+"""Lightning plugins and callbacks that keep long runs safe: checkpoint IO, interruption, a divergence guard."""
 
 from __future__ import annotations
 
@@ -27,13 +9,13 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
@@ -41,7 +23,6 @@ from mnist_cnn.core.checkpoints import atomic_save, load_checkpoint, rng_states,
 from mnist_cnn.core.errors import EXITING, UserError
 
 log = logging.getLogger(__name__)
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def submitit_signal() -> int:
@@ -50,14 +31,12 @@ def submitit_signal() -> int:
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """The Trainer's checkpoint IO: atomic saves, weights-only loads with one-line errors."""
+    """The Trainer's checkpoint IO (conf/trainer/default.yaml `plugins`): mnist_cnn.core.checkpoints, both ways."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         atomic_save(checkpoint, path)
 
-    def load_checkpoint(
-        self, path: Any, map_location: Callable | Any | None = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location or "cpu")
 
 
@@ -77,8 +56,6 @@ def resume_command(ckpt: Path) -> str:
     """This job's command again, resuming from `ckpt` into the same run folder (keeps best-checkpoint state)."""
     prog = f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else Path(sys.argv[0]).name
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         hc = HydraConfig.get()
         overrides, run_dir = list(hc.overrides.task), hc.runtime.output_dir
     except ValueError:  # not under Hydra (a Trainer built by hand)
@@ -89,14 +66,23 @@ def resume_command(ckpt: Path) -> str:
 
 
 class Interruptible(pl.Callback):
-    """SIGINT/SIGTERM -> save `dirpath/interrupted.ckpt` at the next batch end, exit 128 + signal; see module doc."""
+    """SIGINT/SIGTERM -> save `dirpath/interrupted.ckpt` at the next batch end, exit 128 + the signal number.
+
+    Ctrl-C, `docker stop`, SLURM before the time limit or `kill` stop training at a batch boundary, and the exit
+    line gives the command that resumes. Lightning's own SIGTERM handling exits 0 without a checkpoint, and a
+    KeyboardInterrupt can land mid optimizer step; here the state saved is always consistent. submitit's SIGUSR2
+    (`hydra/launcher=slurm`: time limit, preemption) is handled the same way, then handed to submitit's handler,
+    which requeues the job; it resumes from that checkpoint (mnist_cnn/config/launch.py `requeued_checkpoint`).
+    Checkpoints also carry the RNG states, and the in-memory loader its position
+    (mnist_cnn.data.datamodule.TensorBatches): a resumed run continues bit for bit.
+    """
 
     def __init__(self, dirpath: str, sync_every: int = 10) -> None:
         self.dirpath, self.sync_every = Path(dirpath), sync_every
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._rng: dict[str, Any] | None = None
-        self._trainer: pl.Trainer | None = None
+        self._launcher: Any = None  # the one that started the DDP worker processes, if any
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:  # asked twice: stop now, as without this callback
@@ -107,20 +93,17 @@ class Interruptible(pl.Callback):
             "%s received: stopping after this batch with a resumable checkpoint (send it again to stop at once)",
             signal.Signals(signum).name,
         )
-        launcher = self._trainer.strategy.launcher if self._trainer else None
-        if launcher is not None and hasattr(launcher, "kill"):
-            launcher.kill(signum)  # the DDP worker processes Lightning started, as Lightning's handler does
+        if hasattr(self._launcher, "kill"):
+            self._launcher.kill(signum)  # the DDP workers get it too, as from Lightning's own handler
 
     def _install(self, trainer: pl.Trainer) -> None:
         if threading.current_thread() is not threading.main_thread() or self._previous:
             return
-        self._trainer = trainer
-        # Lightning's own SIGTERM handler (replaced here, restored after) exits 0 at its next check.
-        if trainer.received_sigterm:
+        self._launcher = trainer.strategy.launcher
+        if trainer.received_sigterm:  # by Lightning's handler (replaced here, restored after), which exits 0
             self.signum = signal.SIGTERM
-        for signum in dict.fromkeys((*SIGNALS, submitit_signal())):
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._handle)
+        for signum in dict.fromkeys((signal.SIGINT, signal.SIGTERM, submitit_signal())):
+            self._previous[signum] = signal.signal(signum, self._handle)
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -135,7 +118,8 @@ class Interruptible(pl.Callback):
         return bool(trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False))
 
     def _stop(self, trainer: pl.Trainer, save: bool) -> None:
-        name = signal.Signals(self.signum or signal.SIGTERM).name
+        signum = self.signum or signal.SIGTERM  # None: another rank got the signal
+        name = signal.Signals(signum).name
         self._restore()
         where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         if save:
@@ -143,19 +127,16 @@ class Interruptible(pl.Callback):
             trainer.save_checkpoint(ckpt)
             message = f"interrupted by {name} at {where}; saved {ckpt}; resume with: {resume_command(ckpt)}"
         else:
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""  # type: ignore[attr-defined]
-            message = f"interrupted by {name} during the final test; training had finished" + (
-                f" and its best checkpoint is {best}" if best else ""
-            )
-        handler = signal.getsignal(self.signum) if self.signum is not None else None
-        if self.signum == submitit_signal() and callable(handler):  # submitit's, restored above
-            # It resubmits the job with the same arguments, and exits (rank 0; other ranks return here). The
-            # requeued job resumes from this checkpoint: it finds it in its run directory (requeued_checkpoint).
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+            message = f"interrupted by {name} during the final test; training had finished"
+            message += f" and its best checkpoint is {best}" if best else ""
+        # submitit's handler, restored above: it resubmits the job and exits (rank 0; other ranks return here)
+        if self.signum == submitit_signal() and callable(handler := signal.getsignal(signum)):
             stopped = message.split("; resume with:")[0]
             log.warning("%s; submitit requeues the job, which resumes from it", stopped)
-            EXITING.append((128 + self.signum, f"{stopped}; requeued by submitit"))  # the sweep summary's row
-            handler(self.signum, None)
-        raise Interrupted(message, self.signum or signal.SIGTERM)
+            EXITING.append((128 + signum, f"{stopped}; requeued by submitit"))  # the sweep summary's row
+            handler(signum, None)
+        raise Interrupted(message, signum)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install(trainer)
@@ -193,61 +174,56 @@ class Interruptible(pl.Callback):
 
 
 class DivergenceGuard(pl.Callback):
-    """Stop on a non-finite training loss, or one above `max_factor` x its first value for `window` steps."""
+    """Stop on a non-finite training loss, or one above `max_factor` x its first value for `window` steps.
+
+    One line instead of training on garbage for hours. Checked on the device every `window` steps (no per-step
+    host sync) and before every checkpoint save, so a NaN model never replaces a good checkpoint.
+    """
 
     def __init__(self, max_factor: float = 10.0, window: int = 10) -> None:
         if max_factor <= 1 or window < 1:
             raise UserError(f"DivergenceGuard: max_factor={max_factor} must be > 1 and window={window} >= 1")
         self.max_factor, self.window = max_factor, window
-        self.first: float | None = None  # the first training loss of the run (kept across a resume)
-        self._first: Tensor | None = None
+        self.first: Tensor | float | None = None  # the run's first training loss (a float when loaded on a resume)
         self._nonfinite: Tensor | None = None  # any non-finite loss in the current window
         self._low: Tensor | None = None  # the lowest loss in the current window
         self._seen = 0
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         value = loss.detach().float()
-        if self._first is None:
-            self._first = value.clone() if self.first is None else torch.tensor(self.first, device=value.device)
+        if not isinstance(self.first, Tensor):
+            self.first = value.clone() if self.first is None else torch.tensor(self.first, device=value.device)
         bad = ~torch.isfinite(value)
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         self._low = value if self._low is None else torch.minimum(self._low, value)
         self._seen += 1
-        if self._seen >= self.window:
-            self._check(trainer, full_window=True)
-        elif torch.is_anomaly_enabled():  # detect_anomaly would raise its own traceback in backward: check now
-            self._check(trainer, full_window=False)
+        full = self._seen >= self.window
+        if full or torch.is_anomaly_enabled():  # detect_anomaly would raise its own traceback in backward: check now
+            self._check(trainer, full_window=full)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._check(trainer, full_window=False)  # raising here aborts the save: no NaN model on disk
 
     def _check(self, trainer: pl.Trainer, full_window: bool) -> None:
-        if self._first is None or self._nonfinite is None or self._low is None:
+        if self.first is None or self._nonfinite is None or self._low is None:
             return
-        self.first = first = float(self._first)
+        first = float(self.first)
         nonfinite = bool(self._nonfinite) or not math.isfinite(first)
         too_high = full_window and bool(self._low > self.max_factor * abs(first))
         if full_window:  # a new window starts; a check in between (a save, anomaly mode) keeps counting
             self._nonfinite, self._low, self._seen = None, None, 0
         if not trainer.strategy.reduce_boolean_decision(nonfinite or too_high, all=False):
             return
-        why = (
-            "the training loss is not finite (nan or inf)"
-            if nonfinite
-            else f"the training loss stayed above {self.max_factor:g}x its first value ({first:.3g}) "
-            f"for {self.window} steps"
-        )
+        high = f"stayed above {self.max_factor:g}x its first value ({first:.3g}) for {self.window} steps"
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         raise Diverged(
-            f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: {why}; lower "
-            f"model.optimizer.lr (now {lr:g}) or set trainer.gradient_clip_val; checkpoints saved before are kept"
+            f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: the training loss "
+            f"{'is not finite (nan or inf)' if nonfinite else high}; lower model.optimizer.lr (now {lr:g}) or set "
+            "trainer.gradient_clip_val; checkpoints saved before are kept"
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"first": self.first if self.first is not None else self._first_value()}
+        return {"first": None if self.first is None else float(self.first)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.first = state_dict.get("first")
-
-    def _first_value(self) -> float | None:
-        return float(self._first) if self._first is not None else None

@@ -1,10 +1,9 @@
 """Devices and DDP processes: refuse a device request the machine cannot meet; start ranks > 0 for this job only.
 
-When Lightning starts the ranks (`trainer.devices=2`), rank 0 re-launches the script for ranks > 0.
-Lightning's own re-launch replays the whole command line, so under `-m` each rank 1 started a whole second
-sweep (Lightning #11300). `job_subprocess_cmd` re-launches *this job* in run mode instead: its own
-overrides, its own output directory (the idea of Lightning PR #18175). torchrun and srun start ranks
-themselves; mnist_cnn/config/resolvers.py makes every rank agree on the run directory.
+When Lightning starts the ranks (`trainer.devices=2`), rank 0 re-launches the script for ranks > 0, replaying the
+whole command line: under `-m` each rank 1 started a whole second sweep (Lightning #11300). `job_subprocess_cmd`
+re-launches *this job* in run mode instead, with its own overrides and output directory (the idea of Lightning PR
+#18175). torchrun and srun start ranks themselves; config/resolvers.py makes every rank agree on the run directory.
 """
 
 from __future__ import annotations
@@ -30,12 +29,9 @@ def job_subprocess_cmd(local_rank: int) -> tuple[Sequence[str], str]:
 
     import __main__
 
-    hc = HydraConfig.get()
-    if __main__.__spec__ is None:
-        command = [sys.executable, to_absolute_path(sys.argv[0])]
-    else:
-        command = [sys.executable, "-m", __main__.__spec__.name]
-    command += [f"--config-name={hc.job.config_name}", *hc.overrides.task]
+    hc, spec = HydraConfig.get(), __main__.__spec__
+    script = [to_absolute_path(sys.argv[0])] if spec is None else ["-m", spec.name]
+    command = [sys.executable, *script, f"--config-name={hc.job.config_name}", *hc.overrides.task]
     command += [
         f'hydra.run.dir="{hc.runtime.output_dir}"',
         "hydra.output_subdir=null",  # rank 0 already saved the config there
@@ -49,9 +45,8 @@ def requeued_checkpoint(run_dir: Path) -> Path | None:
     `checkpoints/interrupted.ckpt` (saved on submitit's signal) and `last.ckpt` (a job killed without one).
 
     submitit (`hydra/launcher=slurm`) resubmits a timed-out or pre-empted job with its first arguments, so no
-    `ckpt_path`, into the same run directory (the sweep's, whose name is fixed at submission): without this
-    it would start again from epoch 0. A first submission's run directory holds no checkpoint; outside
-    submitit nothing is resumed implicitly.
+    `ckpt_path`, into the same run directory (fixed at submission): without this it would start again from epoch 0.
+    A first submission's run directory holds no checkpoint; outside submitit nothing is resumed implicitly.
     """
     found = [p for p in (run_dir / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")) if p.is_file()]
     if not found:  # checked first: cheap, and a fresh run's answer
@@ -80,7 +75,7 @@ def one_job() -> Iterator[None]:
     Lightning keeps the process group and sets LOCAL_RANK etc. in rank 0's environment; left there, the
     next job would think its ranks were started externally and wait for them forever.
     """
-    before = {k: os.environ.get(k) for k in LAUNCH_ENV}
+    before = {k: os.environ[k] for k in LAUNCH_ENV if k in os.environ}
     try:
         yield
     finally:
@@ -88,35 +83,29 @@ def one_job() -> Iterator[None]:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        for key in LAUNCH_ENV:
+            os.environ.pop(key, None)
+        os.environ.update(before)
 
 
 def requested_devices(devices: Any) -> int | None:
     """How many devices per node `trainer.devices` asks for; None for 'auto' / -1 (all there are)."""
+    if isinstance(devices, str) and "," in devices:
+        devices = [d for d in devices.split(",") if d.strip()]
     if isinstance(devices, list | tuple):
         return len(devices)
-    if isinstance(devices, str) and "," in devices:
-        return len([d for d in devices.split(",") if d.strip()])
-    if str(devices).lstrip("-").isdigit() and int(devices) > 0:
-        return int(devices)
-    return None
+    return int(devices) if str(devices).lstrip("-").isdigit() and int(devices) > 0 else None
 
 
 def check_devices(accelerator: str, devices: Any) -> None:
     """Refuse, in one line, a device request this machine cannot meet, saying what it has instead."""
     import torch
 
-    gpus = torch.cuda.device_count()
-    wanted = requested_devices(devices)
-    cores = os.cpu_count() or 1
+    gpus, wanted = torch.cuda.device_count(), requested_devices(devices)
     if accelerator in ("gpu", "cuda") and gpus == 0:
         raise UserError(
-            f"trainer.accelerator={accelerator} needs a CUDA GPU, but this machine has none ({cores} CPU cores): "
-            "use trainer=cpu, or trainer=ddp_cpu trainer.devices=N for N CPU processes"
+            f"trainer.accelerator={accelerator} needs a CUDA GPU, but this machine has none ({os.cpu_count() or 1} "
+            "CPU cores): use trainer=cpu, or trainer=ddp_cpu trainer.devices=N for N CPU processes"
         )
     if accelerator in ("gpu", "cuda", "auto") and gpus > 0 and wanted and wanted > gpus:
         name = torch.cuda.get_device_name(0)

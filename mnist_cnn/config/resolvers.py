@@ -7,27 +7,23 @@ shares it through torchrun's store; under srun SLURM's job and step ids name it.
 
 from __future__ import annotations
 
-import datetime
 import os
+from datetime import datetime, timedelta
 from typing import Any
 
 from mnist_cnn.core.errors import UserError
 
 
-def _now() -> str:
-    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
-
-
 def run_stamp() -> str:
     """The run directory's name, identical on every rank (Hydra resolver `${run_stamp:}`)."""
-    env = os.environ
+    env, now = os.environ, datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
     if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         return f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
     if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1")) > 1:
         if env["TORCHELASTIC_RUN_ID"] not in ("", "none"):
             return f"torchrun-{env['TORCHELASTIC_RUN_ID']}-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        return _shared_by_torchrun(_now())
-    return _now()
+        return _shared_by_torchrun(now)
+    return now
 
 
 def env_rank() -> int:
@@ -54,20 +50,23 @@ def _shared_by_torchrun(stamp: str) -> str:
     """Rank 0's timestamp, read by all ranks from the key-value store of torchrun's rendezvous."""
     from torch.distributed import TCPStore
 
-    store = TCPStore(
-        env_or_fail("MASTER_ADDR"), int(env_or_fail("MASTER_PORT")), is_master=False,
-        timeout=datetime.timedelta(seconds=120),
-    )  # fmt: skip
-    key = f"mnist_cnn/run_stamp/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    if os.environ.get("RANK") == "0":
+    env = os.environ
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in env:
+            raise UserError(f"${name} is not set: start ranks with torchrun, srun or trainer.devices=N")
+    store = TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=120))
+    key = f"mnist_cnn/run_stamp/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if env.get("RANK") == "0":
         store.set(key, stamp)
     return store.get(key).decode()
 
 
-def env_or_fail(name: str) -> str:
-    if name not in os.environ:
-        raise UserError(f"${name} is not set: start ranks with torchrun, srun or trainer.devices=N")
-    return os.environ[name]
+def on_gpu(accelerator: Any) -> bool:
+    """Whether `trainer.accelerator` runs on a CUDA GPU: 'gpu'/'cuda' always (check_devices refuses them where there
+    is none), 'auto' where torch sees one; any other value ('cpu', 'mps', ...) never."""
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def fast_precision(accelerator: str = "auto") -> str:
@@ -78,14 +77,11 @@ def fast_precision(accelerator: str = "auto") -> str:
     """
     import torch
 
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if on_gpu:  # V100 and T4 only emulate bf16 (slower than fp32), yet is_bf16_supported() says True by default
+    if on_gpu(accelerator):  # V100, T4 emulate bf16 (slower than fp32), yet is_bf16_supported() is True by default
         native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
         return "bf16-mixed" if native else "32-true"
-    cpu_bf16 = (
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu names: a missing one says no
+    cpu_bf16 = any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
     return "bf16-mixed" if accelerator in ("cpu", "auto") and cpu_bf16 else "32-true"
 
 
@@ -93,7 +89,5 @@ def register_resolvers() -> None:
     """The resolvers conf/ uses: one run dir for all ranks, a log file per rank, the config saved once, bf16."""
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
-    OmegaConf.register_new_resolver("rank_suffix", rank_suffix, replace=True)
-    OmegaConf.register_new_resolver("on_rank_zero", on_rank_zero, replace=True)
-    OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
+    for resolver in (run_stamp, rank_suffix, on_rank_zero, fast_precision):  # cached: one run_stamp per config
+        OmegaConf.register_new_resolver(resolver.__name__, resolver, use_cache=resolver is run_stamp, replace=True)

@@ -1,11 +1,9 @@
-"""The composed config, checked before any work starts: one line naming the key, the bad value, what is allowed.
+"""The composed config, checked once before any work starts: one line naming the key, the bad value, what is allowed.
 
-Hydra composes whatever the overrides say, so `data.batch_size=abc` or `trainer.max_epochs=0` would reach
-Lightning as is and fail later in a traceback (or never: `data.num_workers=-1`). `validate` checks the type
-and range of every knob in conf/, each `_target_` and its argument names, the monitored metrics, the data
-files' headers and the checkpoint to resume from, and raises `UserError`. `ValidateConfig` (a Hydra callback,
-conf/hydra/default.yaml) runs it once per run, before the run folder is created (each job of a multirun).
-Cheap checks come first, so most typos are reported before Lightning is even imported.
+Hydra composes whatever the overrides say, so `data.batch_size=abc` would reach Lightning as is and fail later in a
+traceback (or never: `data.num_workers=-1`). Checked here, cheapest first (most typos are reported before Lightning
+is imported): every knob's type and range (config/schema.py), each `_target_` and its argument names, the monitored
+metrics, the data files' headers, the checkpoint to resume from. `ValidateConfig` runs it (conf/hydra/default.yaml).
 """
 
 from __future__ import annotations

@@ -1,13 +1,4 @@
-"""Checkpoint files: written atomically, read as untrusted input.
-
-Saving goes to a temporary file in the same folder, is fsync'ed, then renamed over the target, so a full
-disk, a kill or a power cut mid-write never leaves half a `last.ckpt` in place of a good one. Loading always
-uses `torch.load(weights_only=True)`: a file carrying pickled code is refused (the code never runs), and
-the model config a checkpoint carries may only name classes from `mnist_cnn` and `torch.optim`. Every
-problem is one `UserError` line naming the file. The Trainer uses these through
-`mnist_cnn.callbacks.guards.SafeCheckpointIO`; torch (and Lightning) are imported only when a file needs unpickling,
-so a wrong path is reported at once.
-"""
+"""Checkpoint files: written atomically, read as untrusted input."""
 
 from __future__ import annotations
 
@@ -42,21 +33,18 @@ def renamed(node: Any) -> Any:
     return node
 
 
-def checked(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Refuse a `_target_` outside what `kind` may name, nested ones too (Hydra instantiates those first)."""
+def checked(kind: str, cfg: dict[str, Any], refused: str = "") -> dict[str, Any]:
+    """Refuse a `_target_` `kind` may not name, nested ones too (Hydra builds those first); `refused` opens the line."""
+    prefix = ALLOWED_TARGETS[kind]
 
     def walk(node: Any, key: str, top: bool = False) -> None:
         if isinstance(node, dict):
             target = str(node.get("_target_", ""))
-            if (top or "_target_" in node) and not target.startswith(ALLOWED_TARGETS[kind]):
-                raise UserError(
-                    f"{key}._target_={target!r} is not allowed: it must start with {ALLOWED_TARGETS[kind]!r}"
-                )
-            for k, v in node.items():
-                walk(v, f"{key}.{k}")
-        elif isinstance(node, list | tuple):
-            for i, v in enumerate(node):
-                walk(v, f"{key}.{i}")
+            if (top or "_target_" in node) and not target.startswith(prefix):
+                raise UserError(f"{refused}{key}._target_={target!r} is not allowed: it must start with {prefix!r}")
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list | tuple) else ()
+        for k, v in items:
+            walk(v, f"{key}.{k}")
 
     walk(cfg, f"model.{kind}", top=True)
     return cfg
@@ -77,7 +65,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "checkpoint") -> dict[str, Any]:
-    """Load a Lightning checkpoint of this project, or raise one clear line; `key` names where the path came from."""
+    """Load a Lightning checkpoint of this project, or raise one `UserError` line naming the file (`key`: where the
+    path came from). Always `torch.load(weights_only=True)`: a file carrying pickled code is refused (the code never
+    runs), and the model config it carries may only name classes from `mnist_cnn` and `torch.optim`."""
     path = Path(path)
     where = f"{key}={path}" if key != "checkpoint" else f"checkpoint {path}"
     if not path.exists():
@@ -94,7 +84,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "che
         raise UserError(f"{where}: truncated or corrupt (the zip archive torch.save writes is incomplete)")
     if not head.startswith(b"PK") and head[:1] != b"\x80":  # nor a pickle (torch's legacy format)
         raise UserError(f"{where}: not a PyTorch checkpoint file (neither a zip archive nor a pickle)")
-    import torch
+    import torch  # only now: a wrong path is reported at once, without torch's import time
 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -116,20 +106,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "che
         )
     if "hyper_parameters" in ckpt:
         ckpt["hyper_parameters"] = renamed(ckpt["hyper_parameters"])
-    check_hparams(ckpt.get("hyper_parameters") or {}, where)
-    return ckpt
-
-
-def check_hparams(hparams: dict[str, Any], where: str) -> None:
-    """The config a checkpoint rebuilds its model from may only name our nets and torch's optimizers."""
-    for name, value in hparams.items():
+    for name, value in (ckpt.get("hyper_parameters") or {}).items():  # what the model is rebuilt from
         if name in ALLOWED_TARGETS and isinstance(value, dict):
-            try:
-                checked(name, value)
-            except UserError as err:
-                raise UserError(f"{where}: refused: {err}") from None
+            checked(name, value, refused=f"{where}: refused: ")
         elif "_target_" in repr(value):
             raise UserError(f"{where}: refused: its hyper_parameters.{name} names a _target_, which is never built")
+    return ckpt
 
 
 def rng_states() -> dict[str, Any]:
