@@ -96,5 +96,5 @@ def confusion_matrix_image(counts: np.ndarray, title: str = "") -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    """Write an (H, W, 3) uint8 array as PNG, atomically."""
+    """Write an (H, W, 3) RGB or (H, W) gray uint8 array as PNG, atomically."""
     atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))

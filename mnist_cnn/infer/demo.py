@@ -21,14 +21,13 @@ import json
 import signal
 import socket
 import socketserver
-import sys
 import threading
 import time
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -188,11 +187,6 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # `docker stop` (SIGTERM) shuts down like Ctrl-C
 
 
-def fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -209,12 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         try:
             server = (Server6 if ":" in args.host else Server)((args.host, args.port), Handler)
         except (OSError, OverflowError) as err:
-            fail(f"cannot listen on {args.host}:{args.port}: {getattr(err, 'strerror', None) or err}")
+            why = getattr(err, "strerror", None) or err
+            parser.exit(2, f"{PROG}: error: cannot listen on {args.host}:{args.port}: {why}\n")
         with server:
             try:
                 server.demo = Demo(args.model)
             except UserError as err:
-                fail(str(err))
+                parser.exit(2, f"{PROG}: error: {err}\n")
             if args.host not in LOOPBACK:
                 print(f"{PROG}: listening on {args.host}: anyone who can reach this machine can use the demo")
             took = time.perf_counter() - started

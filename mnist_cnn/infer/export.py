@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -84,11 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         diff = export_onnx(args.checkpoint, output, args.opset)
     except UserError as err:
-        print(f"mnist-export: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     except Exception as err:  # an exporter failure: say what, in one line
-        print(f"mnist-export: error: export failed ({first_line(err)})", file=sys.stderr)
-        raise SystemExit(1) from None
+        parser.exit(1, f"{parser.prog}: error: export failed ({first_line(err)})\n")
     print(f"wrote {output} (uint8 image (batch, 1, 28, 28) -> logits (batch, 10); max |logit diff| {diff:.1e})")
 
 

@@ -45,14 +45,14 @@ def expand(args: list[Path]) -> tuple[list[Path], list[str]]:
 
 def show_input(folder: Path, path: Path, image: np.ndarray, taken: set[str]) -> None:
     """Save the 28x28 the net saw as PNG, named after the input (made unique within this run)."""
-    from PIL import Image
+    from mnist_cnn.callbacks.figures import save_png
 
     name, n = f"{path.stem}.png", 1
     while name in taken:
         n += 1
         name = f"{path.stem}-{n}.png"
     taken.add(name)
-    Image.fromarray(image).save(folder / name)
+    save_png(image, folder / name)
 
 
 def predict(
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         results, errors = predict(args.model, args.inputs, args.top_k, args.show_input)
     except UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        parser.exit(2, f"{PROG}: error: {err}\n")
     for line in errors:
         print(f"{PROG}: error: {line}", file=sys.stderr)
     if args.json:
