@@ -122,21 +122,22 @@ class Interruptible(pl.Callback):
         name = signal.Signals(signum).name
         self._restore()
         where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        resume = ""
         if save:
             ckpt = self.dirpath / "interrupted.ckpt"
             trainer.save_checkpoint(ckpt)
-            message = f"interrupted by {name} at {where}; saved {ckpt}; resume with: {resume_command(ckpt)}"
+            stopped = f"interrupted by {name} at {where}; saved {ckpt}"
+            resume = f"; resume with: {resume_command(ckpt)}"
         else:
             best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-            message = f"interrupted by {name} during the final test; training had finished"
-            message += f" and its best checkpoint is {best}" if best else ""
+            stopped = f"interrupted by {name} during the final test; training had finished"
+            stopped += f" and its best checkpoint is {best}" if best else ""
         # submitit's handler, restored above: it resubmits the job and exits (rank 0; other ranks return here)
         if self.signum == submitit_signal() and callable(handler := signal.getsignal(signum)):
-            stopped = message.split("; resume with:")[0]
             log.warning("%s; submitit requeues the job, which resumes from it", stopped)
             EXITING.append((128 + signum, f"{stopped}; requeued by submitit"))  # the sweep summary's row
             handler(signum, None)
-        raise Interrupted(message, signum)
+        raise Interrupted(stopped + resume, signum)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install(trainer)
