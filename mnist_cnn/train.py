@@ -43,8 +43,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
-    out = Path(cfg.paths.output_dir)
-    log.info("overrides: %s", " ".join(HydraConfig.get().overrides.task) or "(none)")  # in every rank's log
+    out, overrides = Path(cfg.paths.output_dir), list(HydraConfig.get().overrides.task)
+    log.info("overrides: %s", " ".join(overrides) or "(none)")  # in every rank's log
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.data.val_size == 0:
@@ -54,7 +54,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _recursive_=False, _convert_="all")
     timing = Throughput()
-    overrides = list(HydraConfig.get().overrides.task)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += [timing, HParams(run_hparams(cfg, overrides))]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
