@@ -4,7 +4,7 @@ No framework, no per-sample work: what the hardware gives this net at this batch
 script's key=value line so the benchmark parses both the same way.
 
     python benchmarks/raw_loop.py DATA_DIR [--epochs 1] [--batch-size 64] [--bf16] [--channels-last]
-                                  [--keep-freed-memory]   # train.py's malloc setting (mnist_cnn.keep_freed_memory)
+                                  [--keep-freed-memory]   # train.py's malloc setting (mnist_cnn.core.memory)
 """
 
 import time
