@@ -15,6 +15,7 @@ Cases (each a fresh process, so start-up counts in wall time):
   bbf16  the same loop with bf16 autocast + channels_last
   bbf16k bbf16 with train.py's malloc setting (keep_freed_memory), so c / bbf16k is Lightning's share alone
   c      `python train.py` with the project's defaults, same net, batch 64, 1 epoch on all 60k
+  c32n   `python train.py` forced to fp32, default layout (NHWC): c / c32n is what bf16 alone gains on this CPU
   c32    `python train.py` forced to fp32 and NCHW (to compare with b32 like for like)
   fast   `python train.py experiment=fast` (700 steps of 128; time to >= 99.0% test accuracy)
   a3     the seed baseline, 3 epochs (what `fast` is measured against)
@@ -44,9 +45,10 @@ BASELINE = REPO / "benchmarks" / "seed_baseline.py"  # the project's copy of it:
 def cases(data: str, seed_script: Path) -> dict[str, list[str]]:
     py = sys.executable
     one_epoch = ["trainer.max_epochs=1", "data.val_size=0", f"data.data_dir={data}", "logger=none"]
-    return {  # in this order, so compared cases run back to back (a-c, c-bbf16, b32-c32, fast-a3; bbf16k just after)
+    return {  # in this order, so compared cases run back to back (a-c, c-c32n, b32-c32, fast-a3; bbf16k after bbf16)
         "a": [py, str(seed_script), data, "1"],
         "c": [py, "train.py", *one_epoch],
+        "c32n": [py, "train.py", *one_epoch, "trainer.precision=32-true"],
         "bbf16": [py, "benchmarks/raw_loop.py", data, "--bf16", "--channels-last"],
         "bbf16k": [py, "benchmarks/raw_loop.py", data, "--bf16", "--channels-last", "--keep-freed-memory"],
         "b32": [py, "benchmarks/raw_loop.py", data],
@@ -135,7 +137,8 @@ def main() -> None:
               ("c / bbf16 train img/s, both bf16+NHWC (target >= 0.90)", "c", "bbf16", "imgs_per_s"),
               ("c / bbf16k train img/s, both also with train.py's malloc setting", "c", "bbf16k", "imgs_per_s"),
               ("c32 / b32 train img/s, both fp32 (target >= 0.90)", "c32", "b32", "imgs_per_s"),
-              ("c / c32 train img/s: what train.py's precision rule gains here", "c", "c32", "imgs_per_s"),
+              ("c / c32 train img/s: what train.py's precision rule and layout gain here", "c", "c32", "imgs_per_s"),
+              ("c / c32n train img/s, both NHWC: what bf16 alone gains here", "c", "c32n", "imgs_per_s"),
               ("fast / a3 wall (target <= 0.30)", "fast", "a3", "wall_s")]  # fmt: skip
     # The VM drifts by tens of percent between minutes: a ratio of two cases that ran back to back in the same
     # round cancels most of it (the check); the ratio of the two medians is printed beside it.

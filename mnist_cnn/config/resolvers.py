@@ -70,10 +70,11 @@ def on_gpu(accelerator: Any) -> bool:
 
 
 def fast_precision(accelerator: str = "auto") -> str:
-    """bf16-mixed where the device computes bf16 natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32.
+    """bf16-mixed where the device computes bf16 natively and it pays, else fp32.
 
-    Hydra resolver `${fast_precision:${trainer.accelerator}}`, used by the speed presets: bf16 on a CPU
-    without native support is emulated and slower than fp32.
+    Hydra resolver `${fast_precision:${trainer.accelerator}}`, used by the speed presets. GPUs: Ampere and
+    newer. CPUs: AVX512-BF16 or AMX (bf16 elsewhere is emulated, slower than fp32), and a one-off
+    measurement on this CPU saying bf16 is faster (`models/precision.py`).
     """
     import torch
 
@@ -82,7 +83,11 @@ def fast_precision(accelerator: str = "auto") -> str:
         return "bf16-mixed" if native else "32-true"
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu names: a missing one says no
     cpu_bf16 = any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-    return "bf16-mixed" if accelerator in ("cpu", "auto") and cpu_bf16 else "32-true"
+    if accelerator not in ("cpu", "auto") or not cpu_bf16:
+        return "32-true"
+    from mnist_cnn.models.precision import bf16_pays
+
+    return "bf16-mixed" if bf16_pays() else "32-true"
 
 
 def register_resolvers() -> None:
