@@ -1,7 +1,7 @@
 """Whether bf16 pays on this CPU: measured once per CPU and torch version, cached on disk.
 
 Native bf16 (AVX512-BF16) is not the same speed-up on every CPU that has it: over fp32, both NHWC, bf16
-trains the seed net 1.2x (a `train.py` epoch) to 2.2x (the step alone) as fast on an EPYC Zen 5, while on
+trains the seed net 1.2x (a `train.py` epoch) to about 2x (the step alone) as fast on an EPYC Zen 5, while on
 an Intel Xeon without AMX bf16 + NHWC ran within 7% of fp32 + NCHW (benchmarks/RESULTS.md, 11). CPU flags
 tell native from emulated; only a measurement tells whether native pays.
 """
@@ -25,7 +25,7 @@ MIN_GAIN = 1.1
 
 def cache_file() -> Path:
     """`$XDG_CACHE_HOME/mnist-cnn/precision.json` (default `~/.cache/...`): one entry per CPU and torch version."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root) / "mnist-cnn" / "precision.json"
 
 
