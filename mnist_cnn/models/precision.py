@@ -1,9 +1,9 @@
 """Whether bf16 pays on this CPU: measured once per CPU and torch version, cached on disk.
 
 Native bf16 (AVX512-BF16) is not the same speed-up on every CPU that has it: over fp32, both NHWC, bf16
-trains the seed net 1.2x (a `train.py` epoch) to about 2x (the step alone) as fast on an EPYC Zen 5, while on
-an Intel Xeon without AMX bf16 + NHWC ran within 7% of fp32 + NCHW (benchmarks/RESULTS.md, 11). CPU flags
-tell native from emulated; only a measurement tells whether native pays.
+trains the seed net 1.2-1.5x (a `train.py` epoch) to about 2x (the step alone) as fast on an EPYC Zen 5,
+while on an Intel Xeon without AMX bf16 + NHWC ran within 7% of fp32 + NCHW (benchmarks/RESULTS.md, 11).
+CPU flags tell native from emulated; only a measurement tells whether native pays.
 """
 
 from __future__ import annotations
