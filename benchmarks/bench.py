@@ -93,6 +93,17 @@ def precision(cmd: list[str], out_dir: Path) -> str:
     return str(OmegaConf.select(OmegaConf.load(out_dir / ".hydra" / "config.yaml"), "trainer.precision"))
 
 
+def precision_timing() -> dict[str, object] | None:
+    """This CPU's entry in the cache of train.py's bf16-or-fp32 timing, None where it never had to measure."""
+    from mnist_cnn.models.precision import cache_file, cpu_key
+
+    try:
+        entry = json.loads(cache_file().read_text()).get(cpu_key())
+    except (OSError, ValueError):
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
 def baseline_label(path: Path) -> str:
     """Which baseline cases a and a3 ran: results from the two are not interchangeable without saying so."""
     shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
@@ -151,9 +162,13 @@ def main() -> None:
         print(f"fast: {med['fast']['wall_s']:.1f} s wall (target <= 20), test acc {med['fast']['test_acc']:.4f}")
     for k in (k for k in ("c", "fast") if k in med):  # process start to the first training batch
         print(f"{k}: start-up {med[k]['startup_s']:.2f} s (target <= 3.5; environment: see the header)")
+    timing = precision_timing()
+    if timing:  # why the bf16 cases are bf16 on this CPU (models/precision.py)
+        print(f"train.py's precision timing here: a step in bf16 {timing['bf16_step_speedup']}x as fast as fp32 "
+              f"-> {'bf16-mixed' if timing['bf16'] else '32-true'} (measured {timing['measured']})")  # fmt: skip
     if args.json:
         out = {"machine": summary(mach), **mach, "baseline": baseline_label(seed_script), "precision": prec,
-               "rounds": results, "medians": med}  # fmt: skip
+               "precision_timing": timing, "rounds": results, "medians": med}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=2))
 
 
