@@ -95,13 +95,10 @@ def precision(cmd: list[str], out_dir: Path) -> str:
 
 def precision_timing() -> dict[str, object] | None:
     """This CPU's entry in the cache of train.py's bf16-or-fp32 timing, None where it never had to measure."""
-    from mnist_cnn.models.precision import cache_file, cpu_key
+    from mnist_cnn.models.precision import cpu_key, read_cache
 
-    try:
-        entry = json.loads(cache_file().read_text()).get(cpu_key())
-    except (OSError, ValueError):
-        return None
-    return entry if isinstance(entry, dict) else None
+    entry = read_cache().get(cpu_key())
+    return entry if isinstance(entry, dict) and "bf16_step_speedup" in entry else None
 
 
 def baseline_label(path: Path) -> str:
@@ -164,8 +161,9 @@ def main() -> None:
         print(f"{k}: start-up {med[k]['startup_s']:.2f} s (target <= 3.5; environment: see the header)")
     timing = precision_timing()
     if timing:  # why the bf16 cases are bf16 on this CPU (models/precision.py)
+        choice = "bf16-mixed" if timing.get("bf16") else "32-true"
         print(f"train.py's precision timing here: a step in bf16 {timing['bf16_step_speedup']}x as fast as fp32 "
-              f"-> {'bf16-mixed' if timing['bf16'] else '32-true'} (measured {timing['measured']})")  # fmt: skip
+              f"-> {choice} (measured {timing.get('measured')})")  # fmt: skip
     if args.json:
         out = {"machine": summary(mach), **mach, "baseline": baseline_label(seed_script), "precision": prec,
                "precision_timing": timing, "rounds": results, "medians": med}  # fmt: skip

@@ -89,6 +89,15 @@ def metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def precision_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The default precision's bf16 timing (models/precision.py) cached once for the suite, not in the user's home;
+    the runs the tests start inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real run, shared: the default config, 1 epoch, on the real MNIST.

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mnist_cnn.core.io import write_json
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 # bf16 must beat fp32 by this much in the step alone to be chosen: the per-step costs outside the net (data,
 # Lightning's hooks) dilute the gain in a real run, and fp32 is the precision with no rounding to reason about.
 MIN_GAIN = 1.1
+ENV = "MNIST_CNN_BF16_PAYS"  # this process's answer, inherited by the ranks it starts
 
 
 def cache_file() -> Path:
@@ -30,7 +33,8 @@ def cache_file() -> Path:
 
 
 def cpu_key() -> str:
-    """The CPU (model name, family, model: 'AMD EPYC' alone names several generations) and torch's version."""
+    """The CPU (model name, family, model: 'AMD EPYC' alone names several generations), the threads torch may use
+    (the gain depends on them) and torch's version."""
     import platform
 
     import torch
@@ -47,7 +51,7 @@ def cpu_key() -> str:
         pass
     cpu = [fields.get("model name") or platform.processor() or platform.machine()]
     cpu += [f"{name} {fields[name]}" for name in ("cpu family", "model") if name in fields]
-    return ", ".join([*cpu, f"torch {torch.__version__}"])
+    return ", ".join([*cpu, f"{torch.get_num_threads()} threads", f"torch {torch.__version__}"])
 
 
 def bf16_step_gain(batch_size: int = 128, steps: int = 5, trials: int = 3) -> float:
@@ -86,32 +90,64 @@ def bf16_step_gain(batch_size: int = 128, steps: int = 5, trials: int = 3) -> fl
     return best[False] / best[True]
 
 
+def read_cache() -> dict[str, dict[str, object]]:
+    """The cache's entries; {} where it is missing, unreadable or not a JSON object."""
+    try:
+        cached = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+@contextmanager
+def _cache_locked() -> Iterator[None]:
+    """Hold the cache's lock file (POSIX): two first runs at once time one after the other, not on shared cores,
+    and neither overwrites the entry the other wrote. Without a lock (no fcntl, unwritable folder) go on."""
+    try:
+        import fcntl
+
+        cache_file().parent.mkdir(parents=True, exist_ok=True)
+        lock = open(cache_file().with_suffix(".lock"), "a")  # noqa: SIM115 (closed by the `with` below)
+    except (ImportError, OSError):
+        lock = None
+    if lock is None:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def bf16_pays() -> bool:
-    """Whether bf16-mixed trains faster than fp32 here: the cached answer, else measured now and cached.
+    """Whether bf16-mixed trains faster than fp32 here: this process's answer, the cached one, or measured now.
+
+    The answer goes into `$MNIST_CNN_BF16_PAYS` ("1"/"0"): later calls in this process (Hydra resolves the
+    precision several times per run) and the ranks Lightning's launcher starts, which inherit the environment,
+    read it, so all of a run agrees even where nothing could be cached.
 
     Note:
-        Only a process started on its own measures. The ranks of a multi-process run read the answer the
-        launching process cached (Lightning's launcher resolves the config before it starts the others); where
-        every rank starts at once (torchrun, srun) and nothing is cached, each takes bf16 without measuring, so
-        that all ranks agree and none times its step on cores the others are using.
+        Ranks that start together (torchrun, srun: `RANK` or `SLURM_NTASKS` > 1 set) take bf16 without looking
+        at the cache or timing, as each node's cache may differ and none should time its step on cores the
+        others are using; set `trainer.precision` to choose otherwise.
     """
-    path, key = cache_file(), cpu_key()
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    if isinstance(cached.get(key), dict) and isinstance(cached[key].get("bf16"), bool):
-        return bool(cached[key]["bf16"])
     env = os.environ
-    if "RANK" in env or "LOCAL_RANK" in env or int(env.get("SLURM_NTASKS", "1")) > 1:  # one of several ranks
+    if env.get(ENV) in ("0", "1"):
+        return env[ENV] == "1"
+    if "RANK" in env or "LOCAL_RANK" in env or int(env.get("SLURM_NTASKS", "1")) > 1:
         return True
-    gain = bf16_step_gain()
-    cached[key] = {"bf16": gain >= MIN_GAIN, "bf16_step_speedup": round(gain, 2), "measured": time.strftime("%F %T")}
-    choice = "bf16-mixed" if cached[key]["bf16"] else "32-true"
-    log.info("a training step runs %.2fx as fast in bf16 as in fp32 on this CPU: %s (cached)", gain, choice)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, cached)
-    except OSError as e:  # a read-only home: measure again next time rather than fail the run
-        log.info("could not cache the bf16 measurement in %s: %s", path, e)
-    return bool(cached[key]["bf16"])
+    key = cpu_key()
+    with _cache_locked():
+        cached = read_cache()  # read under the lock: another first run may have just written it
+        entry = cached.get(key)
+        if not (isinstance(entry, dict) and isinstance(entry.get("bf16"), bool)):
+            gain = bf16_step_gain()
+            entry = {"bf16": gain >= MIN_GAIN, "bf16_step_speedup": round(gain, 2), "measured": time.strftime("%F %T")}
+            cached[key] = entry
+            choice = "bf16-mixed" if entry["bf16"] else "32-true"
+            log.info("a training step runs %.2fx as fast in bf16 as in fp32 on this CPU: %s", gain, choice)
+            try:
+                write_json(cache_file(), cached)
+            except OSError as e:  # a read-only home: measure again in the next run rather than fail this one
+                log.info("could not cache the bf16 measurement in %s: %s", cache_file(), e)
+    env[ENV] = "1" if entry["bf16"] else "0"
+    return bool(entry["bf16"])
