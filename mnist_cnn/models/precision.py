@@ -144,10 +144,11 @@ def bf16_pays() -> bool:
             entry = {"bf16": gain >= MIN_GAIN, "bf16_step_speedup": round(gain, 2), "measured": time.strftime("%F %T")}
             cached[key] = entry
             choice = "bf16-mixed" if entry["bf16"] else "32-true"
-            log.info("a training step runs %.2fx as fast in bf16 as in fp32 on this CPU: %s", gain, choice)
+            # debug: a run that then fails on bad input must print its one error line alone; the file keeps the numbers
+            log.debug("a training step runs %.2fx as fast in bf16 as in fp32 on this CPU: %s", gain, choice)
             try:
                 write_json(cache_file(), cached)
             except OSError as e:  # a read-only home: measure again in the next run rather than fail this one
-                log.info("could not cache the bf16 measurement in %s: %s", cache_file(), e)
+                log.debug("could not cache the bf16 measurement in %s: %s", cache_file(), e)
     env[ENV] = "1" if entry["bf16"] else "0"
     return bool(entry["bf16"])
