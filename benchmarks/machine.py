@@ -10,31 +10,19 @@ import importlib.util
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
+
+from mnist_cnn.models.precision import cpuinfo
 
 # avx2/avx512f: the SIMD width fp32 kernels use; avx512_bf16, amx_bf16/amx_tile: native bf16 (train.py's default)
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields from /proc/cpuinfo ({} where there is none, e.g. macOS)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    fields: dict[str, str] = {}
-    for line in text.split("\n\n", 1)[0].splitlines():
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return fields
 
 
 def describe() -> dict[str, Any]:
     """The machine as the JSON output records it; `flags` is None where the OS does not list them."""
     import torch
 
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info["flags"].split()) if "flags" in info else None
 
     def probe(name: str) -> bool | None:  # torch.cpu's private probes: absent in some versions
@@ -42,7 +30,7 @@ def describe() -> dict[str, Any]:
         return bool(fn()) if callable(fn) else None
 
     return {
-        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu": info["model name"],
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "flags": None if flags is None else {f: f in flags for f in FLAGS},

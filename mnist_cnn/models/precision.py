@@ -32,25 +32,30 @@ def cache_file() -> Path:
     return Path(root) / "mnist-cnn" / "precision.json"
 
 
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields from /proc/cpuinfo; `model name` always set (the platform's name where there is
+    no /proc/cpuinfo, e.g. macOS). benchmarks/machine.py names the machine from it too."""
+    import platform
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    fields = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    fields["model name"] = fields.get("model name") or platform.processor() or platform.machine()
+    return fields
+
+
 def cpu_key() -> str:
     """The CPU (model name, family, model: 'AMD EPYC' alone names several generations), the threads torch may use
     (the gain depends on them) and torch's version."""
-    import platform
-
     import torch
 
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():  # the first processor's block is enough
-                    break
-                name, _, value = line.partition(":")
-                fields.setdefault(name.strip(), value.strip())
-    except OSError:
-        pass
-    cpu = [fields.get("model name") or platform.processor() or platform.machine()]
-    cpu += [f"{name} {fields[name]}" for name in ("cpu family", "model") if name in fields]
+    info = cpuinfo()
+    cpu = [info["model name"], *(f"{name} {info[name]}" for name in ("cpu family", "model") if name in info)]
     return ", ".join([*cpu, f"{torch.get_num_threads()} threads", f"torch {torch.__version__}"])
 
 
@@ -90,7 +95,7 @@ def bf16_step_gain(batch_size: int = 128, steps: int = 5, trials: int = 3) -> fl
     return best[False] / best[True]
 
 
-def read_cache() -> dict[str, dict[str, object]]:
+def read_cache() -> dict[str, object]:
     """The cache's entries; {} where it is missing, unreadable or not a JSON object."""
     try:
         cached = json.loads(cache_file().read_text())
@@ -104,9 +109,9 @@ def _cache_locked() -> Iterator[None]:
     """Hold the cache's lock file (POSIX): two first runs at once time one after the other, not on shared cores,
     and neither overwrites the entry the other wrote. Without a lock (no fcntl, unwritable folder) go on."""
     try:
+        cache_file().parent.mkdir(parents=True, exist_ok=True)  # before fcntl: the cache is written there without it
         import fcntl
 
-        cache_file().parent.mkdir(parents=True, exist_ok=True)
         lock = open(cache_file().with_suffix(".lock"), "a")  # noqa: SIM115 (closed by the `with` below)
     except (ImportError, OSError):
         lock = None
