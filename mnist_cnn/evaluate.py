@@ -24,6 +24,7 @@ from mnist_cnn.config.sweep import in_sweep
 from mnist_cnn.config.validate import ValidateConfig, check_job, validate
 from mnist_cnn.core.errors import UserError, exit_if_user_error, one_line_errors
 from mnist_cnn.core.io import write_json
+from mnist_cnn.core.memory import end_gc_pause, gc_paused
 from mnist_cnn.train import quiet_lightning
 
 log = logging.getLogger("mnist_cnn.evaluate")
@@ -63,6 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from mnist_cnn.callbacks.figures import confusion_matrix_image, save_png
     from mnist_cnn.infer.classifiers import load_classifier
 
+    end_gc_pause()  # the libraries are in (core/memory.py)
     quiet_lightning()
     ckpt = Path(cfg.ckpt_path).expanduser().resolve()
     out = Path(cfg.paths.output_dir)
@@ -122,7 +124,7 @@ def main() -> None:
     if len(bare) == 1:
         sys.argv[bare[0]] = f"ckpt_path={sys.argv[bare[0]]}"
     register_resolvers()
-    with one_line_errors():
+    with gc_paused(), one_line_errors():
         hydra_main()
 
 

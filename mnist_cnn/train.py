@@ -23,7 +23,7 @@ from mnist_cnn.config.sweep import in_sweep
 from mnist_cnn.config.validate import check_job
 from mnist_cnn.core.errors import exit_if_user_error, one_line_errors
 from mnist_cnn.core.io import write_json
-from mnist_cnn.core.memory import keep_freed_memory
+from mnist_cnn.core.memory import end_gc_pause, gc_paused, keep_freed_memory
 from mnist_cnn.core.runinfo import describe_processes, exit_without_teardown, provenance
 
 log = logging.getLogger("mnist_cnn.train")
@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mnist_cnn.callbacks.dashboards import HParams, run_hparams
     from mnist_cnn.callbacks.timing import Throughput
 
+    end_gc_pause()  # the libraries are in: from here on the collector runs, skipping their objects
     quiet_lightning()
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
@@ -171,7 +172,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """`python train.py` and `mnist-train`: Hydra's entry, every user error one `error:` line (core/errors.py)."""
     register_resolvers()
-    with one_line_errors():
+    with gc_paused(), one_line_errors():
         hydra_main()
     if sys.getprofile() is None and sys.gettrace() is None:  # profilers/debuggers write their results at exit
         exit_without_teardown()

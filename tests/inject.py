@@ -47,6 +47,19 @@ class RecordCounts(pl.Callback):
         (self.folder / f"counts_rank{trainer.global_rank}.json").write_text(str(dashboards.counts.tolist()))
 
 
+class GcProbe(pl.Callback):
+    """At the first training batch, write the collector's state (`enabled frozen-objects`) to `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        import gc
+
+        if not self.path.exists():
+            self.path.write_text(f"{gc.isenabled()} {gc.get_freeze_count()}\n")
+
+
 def run_main() -> None:
     """`python train.py ARGS` in this process, ARGS being this process's own arguments."""
     import runpy

@@ -1,12 +1,20 @@
-"""`keep_freed_memory` (on by default in train.py): big step buffers come from malloc's reusable heap."""
+"""core/memory.py: big step buffers come from malloc's reusable heap (`keep_freed_memory`, on by default), and the
+collector is paused while the libraries import, then on for the run (`gc_paused`)."""
 
 from __future__ import annotations
 
+import gc
+import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import QUIET, REPO, check, run_train
+from hydra.utils import instantiate
+
+from mnist_cnn.core.memory import end_gc_pause, gc_paused
 
 # A fresh process, as train.py starts: where does a 16 MB buffer (a batch's activations) live?
 WHERE = """
@@ -30,3 +38,48 @@ def test_big_buffers_come_from_the_reusable_heap_not_fresh_mappings() -> None:
         return out.stdout.split()[-1] == "True"
 
     assert not in_heap("off") and in_heap("on")
+
+
+def test_a_run_trains_with_the_collector_on_and_the_libraries_objects_frozen(tiny_mnist: Path, tmp_path: Path) -> None:
+    """Start-up skips the collector's passes over torch's and Lightning's objects; training then collects as usual
+    (a collector left off would let every cycle a step makes pile up for the whole run)."""
+    probe = tmp_path / "gc.txt"
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    gc_probe = f"+callbacks.gc={{_target_:inject.GcProbe,path:'{probe}'}}"
+    check(run_train("debug=fdr", "data.val_size=50", "logger=none", gc_probe, f"data.data_dir={tiny_mnist}",
+                    f"hydra.run.dir={tmp_path / 'run'}", *QUIET, env=env))  # fmt: skip
+    enabled, frozen = probe.read_text().split()
+    assert enabled == "True"
+    assert int(frozen) > 100_000  # the imports' objects (~390k with torch, Lightning, Hydra)
+
+
+def test_the_pause_ends_with_its_block_even_on_an_error_line() -> None:
+    assert gc.isenabled()
+    with pytest.raises(SystemExit), gc_paused():
+        assert not gc.isenabled()
+        raise SystemExit(2)  # one_line_errors' exit for a bad input
+    assert gc.isenabled()
+
+
+def test_a_caller_that_turned_the_collector_off_keeps_it_off() -> None:
+    frozen = gc.get_freeze_count()
+    gc.disable()
+    try:
+        with gc_paused():
+            end_gc_pause()
+            assert not gc.isenabled()
+        assert not gc.isenabled() and gc.get_freeze_count() == frozen
+    finally:
+        gc.enable()
+
+
+def test_a_sweeps_own_process_ends_the_pause_as_the_sweep_starts(compose_cfg: Any) -> None:
+    """With a SLURM launcher a sweep's process only submits jobs and waits: nothing there would end the pause."""
+    callbacks = compose_cfg().hydra.callbacks  # what conf/hydra/default.yaml gives every run, training or evaluation
+    (sweep_gc,) = [instantiate(c) for c in callbacks.values() if c._target_.endswith("EndGcPauseInSweeps")]
+    try:
+        with gc_paused():
+            sweep_gc.on_multirun_start(config=None)
+            assert gc.isenabled()
+    finally:
+        gc.unfreeze()  # the pytest process's objects, frozen by the call
