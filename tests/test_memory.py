@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUIET, REPO, check, run_train
+from conftest import QUIET, REPO, check, metrics, run_train
 from hydra.utils import instantiate
 
 from mnist_cnn.core.memory import end_gc_pause, gc_paused
@@ -83,3 +83,34 @@ def test_a_sweeps_own_process_ends_the_pause_as_the_sweep_starts(compose_cfg: An
             assert gc.isenabled()
     finally:
         gc.unfreeze()  # the pytest process's objects, frozen by the call
+
+
+# mnist-predict in a fresh process, the net's first call reporting the collector's state
+PREDICT = """
+import gc, sys
+from mnist_cnn.infer import classifiers
+from mnist_cnn.infer.predict import main
+real = classifiers.TorchClassifier.logits
+def logits(self, images):
+    print("gc", gc.isenabled(), gc.get_freeze_count())
+    return real(self, images)
+classifiers.TorchClassifier.logits = logits
+main(sys.argv[1:])
+"""
+
+
+def test_mnist_predict_classifies_with_the_collector_on_and_the_libraries_objects_frozen(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """The same pause for the inference commands: over once the model is loaded, before the first image."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (200, 200), 235)
+    ImageDraw.Draw(img).line([(60, 40), (140, 40), (90, 170)], fill=10, width=14)
+    img.save(tmp_path / "seven.png")
+    ckpt = metrics(trained_run)["best_ckpt"]
+    proc = subprocess.run([sys.executable, "-c", PREDICT, ckpt, str(tmp_path / "seven.png")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    _, enabled, frozen = proc.stdout.splitlines()[0].split()
+    assert enabled == "True" and int(frozen) > 100_000

@@ -32,6 +32,7 @@ from typing import Any, cast
 import numpy as np
 
 from mnist_cnn.core.errors import UserError, first_line
+from mnist_cnn.core.memory import end_gc_pause, gc_paused
 
 PROG = "mnist-demo"
 PAGE = Path(__file__).with_name("demo.html")
@@ -53,6 +54,7 @@ class Demo:
         from mnist_cnn.infer.classifiers import open_classifier
 
         self.model = open_classifier(model_path)
+        end_gc_pause()  # the libraries are in (core/memory.py)
         self.model.logits(np.zeros((1, 28, 28), dtype=np.uint8))  # warm up: torch's first call is the slow one
         page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(model_path.name))
         self.page = page.replace("{{MAX_BYTES}}", str(MAX_BYTES)).encode()
@@ -207,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"{PROG}: error: cannot listen on {args.host}:{args.port}: {why}\n")
         with server:
             try:
-                server.demo = Demo(args.model)
+                with gc_paused():  # until the model is in (Demo)
+                    server.demo = Demo(args.model)
             except UserError as err:
                 parser.exit(2, f"{PROG}: error: {err}\n")
             if args.host not in LOOPBACK:
