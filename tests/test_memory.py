@@ -73,14 +73,16 @@ def test_a_caller_that_turned_the_collector_off_keeps_it_off() -> None:
         gc.enable()
 
 
-def test_a_sweeps_own_process_ends_the_pause_as_the_sweep_starts(compose_cfg: Any) -> None:
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_sweeps_own_process_ends_the_pause_as_the_sweep_starts(compose_cfg: Any, command: str) -> None:
     """With a SLURM launcher a sweep's process only submits jobs and waits: nothing there would end the pause."""
-    callbacks = compose_cfg().hydra.callbacks  # what conf/hydra/default.yaml gives every run, training or evaluation
+    callbacks = compose_cfg(name=command).hydra.callbacks
     (sweep_gc,) = [instantiate(c) for c in callbacks.values() if c._target_.endswith("EndGcPauseInSweeps")]
+    assert gc.get_freeze_count() == 0
     try:
         with gc_paused():
             sweep_gc.on_multirun_start(config=None)
-            assert gc.isenabled()
+            assert gc.isenabled() and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()  # the pytest process's objects, frozen by the call
 

@@ -8,6 +8,7 @@ written from `on_job_end`, and an exit hook prints the table the skipped `on_mul
 interrupted job (Ctrl-C, SIGTERM) stops the sweep by SystemExit, skipping `on_job_end`: the exit hook
 records it as `interrupted`, with the checkpoint that resumes it.
 It does nothing outside MULTIRUN mode, and nothing in the extra processes of a DDP job (rank > 0).
+`EndGcPauseInSweeps`, the other callback here, ends the start-up garbage-collector pause in a sweep's process.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from omegaconf import DictConfig
 from mnist_cnn.config.resolvers import env_rank
 from mnist_cnn.core.errors import EXITING, describe, first_line
 from mnist_cnn.core.io import atomic_write
+from mnist_cnn.core.memory import end_gc_pause
 
 log = logging.getLogger("mnist_cnn.config.sweep")
 FIELDS = ("job", "overrides", "status", "val/acc_best", "test/acc", "wall_time_s", "checkpoint", "output_dir", "error")
@@ -233,3 +235,14 @@ class SweepSummary(Callback):
         if (sweep_dir / "summary.md").is_file():
             print("\n" + (sweep_dir / "summary.md").read_text(), flush=True)
             print(f"summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.md'}", flush=True)
+
+
+class EndGcPauseInSweeps(Callback):
+    """Hydra callback: a multirun's own process collects garbage as usual from the start.
+
+    `main()` pauses the collector until a run's imports are done (core/memory.py), but a sweep's jobs may never
+    run in its process (a SLURM launcher submits them and waits, for hours).
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        end_gc_pause()

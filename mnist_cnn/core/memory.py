@@ -1,5 +1,6 @@
 """Memory management of the entry points: glibc malloc tuning (`keep_freed_memory`, on by default in
-conf/train.yaml) and Python's cyclic garbage collector paused while the libraries import (`gc_paused`)."""
+conf/train.yaml) and Python's cyclic garbage collector paused while the libraries import (`gc_paused`; a
+sweep's own process ends the pause in config/sweep.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,6 @@ import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 _paused = False  # whether `gc_paused` turned the collector off and `end_gc_pause` has not yet turned it on
 
@@ -64,7 +61,9 @@ def end_gc_pause() -> None:
     """End `gc_paused`'s pause: freeze what start-up made (later collections skip it), then collect as usual.
 
     A no-op outside `gc_paused` and after the first call, so a multirun's later jobs and tests that call
-    `train(cfg)` keep the collector as it was.
+    `train(cfg)` keep the collector as it was. An entry point called again in one process (a debugger, a
+    notebook) pauses and freezes again, keeping the earlier run's unreachable cycles: the commands are meant
+    to be run once per process.
 
     Note:
         Start-up's own cyclic garbage (~26k objects, ~10 MB: parsed configs, import leftovers) is frozen with the
@@ -76,14 +75,3 @@ def end_gc_pause() -> None:
         _paused = False
         gc.freeze()
         gc.enable()
-
-
-class EndGcPauseInSweeps(Callback):
-    """Hydra callback (conf/hydra/default.yaml): a multirun's own process collects as usual from the start.
-
-    Its jobs may never run in it (a SLURM launcher submits them and waits, for hours), so the pause that
-    `train`/`evaluate` would end cannot wait for them.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        end_gc_pause()

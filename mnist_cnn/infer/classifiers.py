@@ -44,6 +44,9 @@ def load_classifier(path: str | Path, key: str = "checkpoint") -> Any:
         raise
     except Exception as err:  # missing hparams, other weights: a checkpoint of something else
         raise UserError(f"checkpoint {path}: not an mnist-cnn model checkpoint ({first_line(err)})") from None
+    # Lightning's save_hyperparameters leaves a cycle through this frame: emptied, the checkpoint (weights,
+    # optimizer and loop state) is freed now, not at a later collection (or never, once frozen: core/memory.py).
+    ckpt.clear()
     return model.eval()
 
 
