@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUIET, REPO, check, metrics, run_train
+from conftest import QUIET, REPO, check, metrics, real_data_dir, run_train
 from hydra.utils import instantiate
 
 from mnist_cnn.core.memory import end_gc_pause, gc_paused
@@ -87,32 +87,50 @@ def test_a_sweeps_own_process_ends_the_pause_as_the_sweep_starts(compose_cfg: An
         gc.unfreeze()  # the pytest process's objects, frozen by the call
 
 
-# mnist-predict in a fresh process, the net's first call reporting the collector's state
-PREDICT = """
-import gc, sys
-from mnist_cnn.infer import classifiers
-from mnist_cnn.infer.predict import main
-real = classifiers.TorchClassifier.logits
-def logits(self, images):
-    print("gc", gc.isenabled(), gc.get_freeze_count())
+# A command in a fresh process, the net's first forward reporting the collector's state (the demo stops there:
+# it would serve forever).
+FIRST_FORWARD = """
+import gc, os, sys
+from mnist_cnn.models.module import MNISTClassifier
+real = MNISTClassifier.forward
+def forward(self, images):
+    if not os.environ.get("SEEN"):
+        os.environ["SEEN"] = "1"
+        print("gc", gc.isenabled(), gc.get_freeze_count(), flush=True)
+        if sys.argv[1] == "demo":
+            os._exit(0)
     return real(self, images)
-classifiers.TorchClassifier.logits = logits
-main(sys.argv[1:])
+MNISTClassifier.forward = forward
+command, args = sys.argv[1], sys.argv[2:]
+if command == "evaluate":
+    from mnist_cnn.evaluate import main
+    sys.argv = ["mnist-eval", *args]
+    main()
+else:
+    import importlib
+    importlib.import_module(f"mnist_cnn.infer.{command}").main(args)
 """
 
 
-def test_mnist_predict_classifies_with_the_collector_on_and_the_libraries_objects_frozen(
-    trained_run: Path, tmp_path: Path
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "demo"])
+def test_the_commands_that_load_a_model_run_it_with_the_collector_on_and_the_libraries_frozen(
+    trained_run: Path, tmp_path: Path, command: str
 ) -> None:
-    """The same pause for the inference commands: over once the model is loaded, before the first image."""
+    """The same pause for evaluation and the inference commands: over once the model is loaded."""
     from PIL import Image, ImageDraw
 
+    ckpt = metrics(trained_run)["best_ckpt"]
     img = Image.new("L", (200, 200), 235)
     ImageDraw.Draw(img).line([(60, 40), (140, 40), (90, 170)], fill=10, width=14)
     img.save(tmp_path / "seven.png")
-    ckpt = metrics(trained_run)["best_ckpt"]
-    proc = subprocess.run([sys.executable, "-c", PREDICT, ckpt, str(tmp_path / "seven.png")], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    _, enabled, frozen = proc.stdout.splitlines()[0].split()
+    args = {
+        "predict": [ckpt, str(tmp_path / "seven.png")],
+        "evaluate": [ckpt, f"data.data_dir={real_data_dir()}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        "export": [ckpt, "--output", str(tmp_path / "net.onnx")],
+        "demo": [ckpt, "--port", "0"],
+    }[command]
+    proc = subprocess.run([sys.executable, "-c", FIRST_FORWARD, command, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, enabled, frozen = next(line for line in proc.stdout.splitlines() if line.startswith("gc ")).split()
     assert enabled == "True" and int(frozen) > 100_000
