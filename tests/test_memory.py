@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import QUIET, REPO, check, metrics, real_data_dir, run_train
 from hydra.utils import instantiate
+from synthetic_digits import user_digits
 
 from mnist_cnn.core.memory import end_gc_pause, gc_paused
 
@@ -117,14 +118,10 @@ def test_the_commands_that_load_a_model_run_it_with_the_collector_on_and_the_lib
     trained_run: Path, tmp_path: Path, command: str
 ) -> None:
     """The same pause for evaluation and the inference commands: over once the model is loaded."""
-    from PIL import Image, ImageDraw
-
     ckpt = metrics(trained_run)["best_ckpt"]
-    img = Image.new("L", (200, 200), 235)
-    ImageDraw.Draw(img).line([(60, 40), (140, 40), (90, 170)], fill=10, width=14)
-    img.save(tmp_path / "seven.png")
+    (digit,) = user_digits(tmp_path, 1)
     args = {
-        "predict": [ckpt, str(tmp_path / "seven.png")],
+        "predict": [ckpt, str(tmp_path / digit)],
         "evaluate": [ckpt, f"data.data_dir={real_data_dir()}", f"hydra.run.dir={tmp_path / 'eval'}"],
         "export": [ckpt, "--output", str(tmp_path / "net.onnx")],
         "demo": [ckpt, "--port", "0"],
