@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -31,3 +32,31 @@ def test_exactly_the_seed_architecture() -> None:
     assert (net.fc1.in_features, net.fc1.out_features) == (64 * 7 * 7, 10)
     # Same parameter names as the seed script, so weights move between the two.
     assert list(net.state_dict()) == [f"{m}.{p}" for m in ("conv1", "conv2", "fc1") for p in ("weight", "bias")]
+
+
+def seed_forward(net: SimpleCNN, x: torch.Tensor) -> torch.Tensor:
+    """The seed script's forward, word for word: ReLU, then max-pool."""
+    x = net.pool(net.relu(net.conv1(x)))
+    x = net.pool(net.relu(net.conv2(x)))
+    return net.fc1(x.reshape(x.size(0), -1))
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_same_function_and_gradients_as_the_seed_order(bf16: bool, layout: torch.memory_format) -> None:
+    """Pooling before the ReLU is an optimisation, not a new model: every output and every gradient is bit for bit
+    the seed order's, ties in a pooling window included (integer-valued inputs make many)."""
+    torch.manual_seed(0)
+    net = SimpleCNN().to(memory_format=layout)
+    x = torch.cat([torch.randn(8, 1, 28, 28), torch.randint(-2, 3, (8, 1, 28, 28)).float()])
+    x = x.contiguous(memory_format=layout)
+    target = torch.randint(0, 10, (16,))
+    results = []
+    for forward in (net, lambda t: seed_forward(net, t)):
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = forward(x)
+        nn.functional.cross_entropy(out.float(), target).backward()
+        results.append([out.detach().clone(), *(p.grad.clone() for p in net.parameters())])  # type: ignore[union-attr]
+    for ours, seed in zip(*results, strict=True):
+        assert torch.equal(ours, seed)
