@@ -70,35 +70,25 @@ def run(cmd: list[str], out_dir: Path) -> dict[str, float]:
         sys.exit(f"benchmark case failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     if is_train:
         m = json.loads((out_dir / "metrics.json").read_text())
-        return {"imgs_per_s": m["perf/train_images_per_s"], "test_acc": m["test/acc"], "wall_s": wall,
-                "startup_s": m["startup_s"]}  # fmt: skip
+        return {"imgs_per_s": m["perf/train_images_per_s"], "test_acc": m["test/acc"], "wall_s": wall}
     kv = dict(re.findall(r"(\w+)=([\d.]+)", proc.stdout))
-    return {"imgs_per_s": float(kv["imgs_per_s"]), "test_acc": float(kv["test_acc"]) / 100, "wall_s": wall,
-            "startup_s": float(kv["startup_s"])}  # fmt: skip
+    return {"imgs_per_s": float(kv["imgs_per_s"]), "test_acc": float(kv["test_acc"]) / 100, "wall_s": wall}
 
 
 def precision(cmd: list[str], out_dir: Path) -> str:
     """The precision a case ran in: train.py's from its saved config, the raw loop's from its flags.
 
-    train.py's default is `${fast_precision:...}` (bf16 only where native), saved unresolved: it is resolved
+    train.py's default is `${native_precision:...}` (bf16 only where native), saved unresolved: it is resolved
     here, on the same machine, by the project's own resolver. Both seed baselines are fp32.
     """
     if cmd[1] != "train.py":
         return "bf16-mixed" if "--bf16" in cmd else "32-true"
     from omegaconf import OmegaConf
 
-    from mnist_cnn.config.resolvers import register_resolvers
+    from mnist_cnn import resolvers
 
-    register_resolvers()
+    resolvers.register()
     return str(OmegaConf.select(OmegaConf.load(out_dir / ".hydra" / "config.yaml"), "trainer.precision"))
-
-
-def precision_timing() -> dict[str, object] | None:
-    """This CPU's entry in the cache of train.py's bf16-or-fp32 timing, None where it never had to measure."""
-    from mnist_cnn.models.precision import cpu_key, read_cache
-
-    entry = read_cache().get(cpu_key())
-    return entry if isinstance(entry, dict) and "bf16_step_speedup" in entry else None
 
 
 def baseline_label(path: Path) -> str:
@@ -137,10 +127,9 @@ def main() -> None:
     med = {k: {f: statistics.median(x[f] for x in v) for f in v[0]} for k, v in results.items()}
     prec = {k: "/".join(sorted(set(v))) for k, v in precisions.items()}  # one value unless the config changed
     print(f"\nmedians over {args.rounds} rounds ({summary(mach)}):")
-    print(f"{'case':6s} {'train img/s':>12s} {'wall s':>8s} {'startup s':>10s} {'test acc':>9s}  precision")
+    print(f"{'case':6s} {'train img/s':>12s} {'wall s':>8s} {'test acc':>9s}  precision")
     for k, m in med.items():
-        print(f"{k:6s} {m['imgs_per_s']:12.0f} {m['wall_s']:8.1f} {m['startup_s']:10.2f} {m['test_acc']:9.4f}  "
-              f"{prec[k]}")  # fmt: skip
+        print(f"{k:6s} {m['imgs_per_s']:12.0f} {m['wall_s']:8.1f} {m['test_acc']:9.4f}  {prec[k]}")
     ratios = [("c / a   train img/s (target >= 2.2)", "c", "a", "imgs_per_s"),
               ("c / bbf16 train img/s, both bf16+NHWC (target >= 0.90)", "c", "bbf16", "imgs_per_s"),
               ("c / bbf16k train img/s, both also with train.py's malloc setting", "c", "bbf16k", "imgs_per_s"),
@@ -157,16 +146,9 @@ def main() -> None:
             print(f"{label}: {paired:.2f} | {med[num][field] / med[den][field]:.2f}")
     if "fast" in med:
         print(f"fast: {med['fast']['wall_s']:.1f} s wall (target <= 20), test acc {med['fast']['test_acc']:.4f}")
-    for k in (k for k in ("c", "fast") if k in med):  # process start to the first training batch
-        print(f"{k}: start-up {med[k]['startup_s']:.2f} s (target <= 3.5; environment: see the header)")
-    timing = precision_timing()
-    if timing:  # why the bf16 cases are bf16 on this CPU (models/precision.py)
-        choice = "bf16-mixed" if timing.get("bf16") else "32-true"
-        print(f"train.py's precision timing here: a step in bf16 {timing['bf16_step_speedup']}x as fast as fp32 "
-              f"-> {choice} (measured {timing.get('measured')})")  # fmt: skip
     if args.json:
         out = {"machine": summary(mach), **mach, "baseline": baseline_label(seed_script), "precision": prec,
-               "precision_timing": timing, "rounds": results, "medians": med}  # fmt: skip
+               "rounds": results, "medians": med}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=2))
 
 

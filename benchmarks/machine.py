@@ -12,7 +12,16 @@ import platform
 import sys
 from typing import Any
 
-from mnist_cnn.models.precision import cpuinfo
+
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ("model name", "flags"); the platform's name elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read().split("\n\n")[0]
+    except OSError:
+        return {"model name": platform.processor() or platform.machine()}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if v}
+
 
 # avx2/avx512f: the SIMD width fp32 kernels use; avx512_bf16, amx_bf16/amx_tile: native bf16 (train.py's default)
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")

@@ -4,7 +4,7 @@ No framework, no per-sample work: what the hardware gives this net at this batch
 script's key=value line so the benchmark parses both the same way.
 
     python benchmarks/raw_loop.py DATA_DIR [--epochs 1] [--batch-size 64] [--bf16] [--channels-last]
-                                  [--keep-freed-memory]   # train.py's malloc setting (mnist_cnn.core.memory)
+                                  [--keep-freed-memory]   # train.py's malloc setting (KeepFreedMemory)
 """
 
 import time
@@ -17,8 +17,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from mnist_cnn.core.memory import keep_freed_memory  # noqa: E402
-from mnist_cnn.data.contract import normalize  # noqa: E402
+from mnist_cnn.callbacks.throughput import KeepFreedMemory  # noqa: E402
+from mnist_cnn.models.module import normalize  # noqa: E402
 from mnist_cnn.models.nets import SimpleCNN  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--keep-freed-memory", action="store_true")
     args = ap.parse_args()
     if args.keep_freed_memory:
-        keep_freed_memory()
+        KeepFreedMemory().setup(None, None, "fit")  # type: ignore[arg-type]  # it reads neither
     torch.manual_seed(0)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     train, test = datasets.MNIST(args.data_dir, train=True), datasets.MNIST(args.data_dir, train=False)

@@ -1,4 +1,4 @@
-"""mnist-cnn: the seed article's MNIST CNN as Lightning + Hydra experiment code (layout: docs/architecture.md).
+"""mnist-cnn: the seed article's MNIST CNN as Lightning + Hydra experiment code.
 
 Kept import-light on purpose: console scripts import this before deciding what else they need.
 """

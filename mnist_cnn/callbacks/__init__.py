@@ -1,1 +1,1 @@
-"""Lightning callbacks and plugins: run safety (guards), TensorBoard pictures (dashboards, figures), EMA, timing."""
+"""Lightning callbacks and the checkpoint IO plugin: checkpoints, TensorBoard pictures, EMA, throughput."""

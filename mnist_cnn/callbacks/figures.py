@@ -3,12 +3,11 @@ loggable as they are to TensorBoard (`add_image(..., dataformats="HWC")`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-from mnist_cnn.core.io import atomic_write
 
 CELL = 48  # with 19 px counts: TensorBoard's ~330 px card shows them as ~12 px text
 
@@ -29,12 +28,12 @@ def _arrow(draw: ImageDraw.ImageDraw, x: float, y: float, width: float, fill: st
 def misclassified_grid(
     images: np.ndarray, labels: np.ndarray, preds: np.ndarray, total: int | None = None, cols: int = 6, zoom: int = 2
 ) -> np.ndarray:
-    """Digits (N, 1, 28, 28) uint8, white on black, tiled and captioned `7→1` (true→predicted); RGB uint8.
+    """Images (N, 1, H, W) uint8, white on black, tiled and captioned `7→1` (true→predicted); RGB uint8.
 
     Sized for TensorBoard's image cards (~330 px wide): six 56 px digits a row and 17 px captions still read
     as ~13 px text at 100% zoom.
     """
-    size, gap, caption, header = 28 * zoom, 6, 22, 48
+    size, gap, caption, header = images.shape[-1] * zoom, 6, 22, 48
     rows = max(1, -(-len(images) // cols))
     img = Image.new("RGB", (cols * (size + gap) + gap, header + rows * (size + caption + gap)), "white")
     draw, font = ImageDraw.Draw(img), _font(17)
@@ -45,7 +44,7 @@ def misclassified_grid(
     draw.text((gap + 58, 25), "predicted", fill="black", font=font)
     for i in range(len(images)):
         x, y = gap + (i % cols) * (size + gap), header + (i // cols) * (size + caption + gap)
-        digit = Image.fromarray(255 - images[i].reshape(28, 28)).resize((size, size), Image.Resampling.NEAREST)
+        digit = Image.fromarray(255 - images[i, 0]).resize((size, size), Image.Resampling.NEAREST)
         img.paste(digit, (x, y + caption))  # dark ink on white, like the page around it
         mid = x + size / 2
         draw.text((mid - 10, y), str(int(labels[i])), fill="black", font=font, anchor="rt")
@@ -96,5 +95,7 @@ def confusion_matrix_image(counts: np.ndarray, title: str = "") -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    """Write an (H, W, 3) RGB or (H, W) gray uint8 array as PNG, atomically."""
-    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+    """Write an (H, W, 3) RGB or (H, W) gray uint8 array as PNG, atomically (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)

@@ -1,1 +1,1 @@
-"""MNIST from IDX file to batch: input contract, IDX reader, DataModule, augmentation."""
+"""Data modules: images in memory as uint8 (memory.py), from IDX files (mnist.py) or an image folder; augmentation."""

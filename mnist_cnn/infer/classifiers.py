@@ -11,42 +11,48 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mnist_cnn.core.errors import UserError, first_line
+from mnist_cnn.cli import UserError
+from mnist_cnn.infer import first_line
 
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"  # names in every `mnist-export` model
 
 
 class Classifier(Protocol):
     def logits(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, 28, 28) -> float32 (N, 10)."""
+        """uint8 (N, 28, 28) -> float32 (N, classes)."""
         ...
 
 
-def load_classifier(path: str | Path, key: str = "checkpoint") -> Any:
+NET_PACKAGE = "mnist_cnn."  # the only classes a checkpoint may name: it is untrusted input, and naming one runs it
+
+
+def _targets(node: Any) -> list[str]:
+    """Every `_target_` in a nested config, nested ones too (Hydra builds those first)."""
+    if isinstance(node, dict):
+        return [str(node.get("_target_", ""))] * ("_target_" in node) + [t for v in node.values() for t in _targets(v)]
+    return [t for v in node for t in _targets(v)] if isinstance(node, list | tuple) else []
+
+
+def load_classifier(path: str | Path, key: str | None = None) -> Any:
     """Checkpoint -> MNISTClassifier in eval mode on the CPU; any unusable file is one UserError naming it.
 
-    A checkpoint is untrusted input: `mnist_cnn.core.checkpoints.load_checkpoint` reads it weights-only and
-    refuses configs naming anything but our nets and torch's optimizers. `key` names where the path came
-    from in messages (e.g. `ckpt_path`).
+    Read weights-only, and the net it names must be a class of this package (a config you wrote may name any
+    class; a checkpoint someone sent may not). Its optimizer and scheduler are never built.
     """
-    from mnist_cnn.core.checkpoints import load_checkpoint
-
-    ckpt = load_checkpoint(path, key=key)
+    from mnist_cnn.callbacks.checkpoints import load_checkpoint
     from mnist_cnn.models.module import MNISTClassifier
 
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    if "compile" in hparams:
-        hparams["compile"] = False  # inference and export want the plain net
+    ckpt = load_checkpoint(path, key=key)
+    hparams, where = dict(ckpt.get("hyper_parameters") or {}), f"{key}={path}" if key else str(path)
+    net = hparams.get("net")
+    if refused := [t for t in _targets(net) if not t.startswith(NET_PACKAGE)] if isinstance(net, dict) else ["none"]:
+        raise UserError(f"{where}: refused: its net must be a class under {NET_PACKAGE!r}, not {refused[0]!r}")
+    hparams |= {"optimizer": {"_target_": "torch.optim.SGD", "_partial_": True}, "scheduler": None, "compile": False}
     try:
         model = MNISTClassifier(**hparams)
         model.load_state_dict(ckpt["state_dict"])
-    except UserError:
-        raise
     except Exception as err:  # missing hparams, other weights: a checkpoint of something else
-        raise UserError(f"checkpoint {path}: not an mnist-cnn model checkpoint ({first_line(err)})") from None
-    # Lightning's save_hyperparameters leaves a cycle through this frame: emptied, the checkpoint (weights,
-    # optimizer and loop state) is freed now, not at a later collection (or never, once frozen: core/memory.py).
-    ckpt.clear()
+        raise UserError(f"{where}: not an mnist-cnn model checkpoint ({first_line(err)})") from None
     return model.eval()
 
 
@@ -61,7 +67,7 @@ class TorchClassifier:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():  # the model takes the uint8 pixels as they are (mnist_cnn/data/contract.py)
+        with torch.inference_mode():  # the model takes the uint8 pixels as they are (mnist_cnn/models/module.py)
             x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1)
             return self.model(x).float().numpy()
 

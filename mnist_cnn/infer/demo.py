@@ -31,8 +31,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from mnist_cnn.core.errors import UserError, first_line
-from mnist_cnn.core.memory import end_gc_pause, gc_paused
+from mnist_cnn.cli import UserError
+from mnist_cnn.infer import first_line
 
 PROG = "mnist-demo"
 PAGE = Path(__file__).with_name("demo.html")
@@ -54,7 +54,6 @@ class Demo:
         from mnist_cnn.infer.classifiers import open_classifier
 
         self.model = open_classifier(model_path)
-        end_gc_pause()  # the libraries are in (core/memory.py)
         self.model.logits(np.zeros((1, 28, 28), dtype=np.uint8))  # warm up: torch's first call is the slow one
         page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(model_path.name))
         self.page = page.replace("{{MAX_BYTES}}", str(MAX_BYTES)).encode()
@@ -209,8 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"{PROG}: error: cannot listen on {args.host}:{args.port}: {why}\n")
         with server:
             try:
-                with gc_paused():  # until the model is in (Demo)
-                    server.demo = Demo(args.model)
+                server.demo = Demo(args.model)
             except UserError as err:
                 parser.exit(2, f"{PROG}: error: {err}\n")
             if args.host not in LOOPBACK:
@@ -220,10 +218,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{PROG}: serving {args.model.name} on {where} (loaded in {took:.1f} s; Ctrl-C stops it)", flush=True)
             server.serve_forever()
     except KeyboardInterrupt:
-        from mnist_cnn.core.runinfo import exit_without_teardown
-
         print(f"{PROG}: stopped", flush=True)
-        exit_without_teardown()  # torch's module teardown would hold the terminal for another second
 
 
 if __name__ == "__main__":

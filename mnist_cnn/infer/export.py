@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from mnist_cnn.core.errors import UserError, first_line
-from mnist_cnn.core.memory import end_gc_pause, gc_paused
+from mnist_cnn.cli import UserError
+from mnist_cnn.infer import first_line
 from mnist_cnn.infer.classifiers import ONNX_INPUT, ONNX_OUTPUT, OnnxClassifier, load_classifier
 
 TOLERANCE = 1e-4  # max |logit difference| allowed between the ONNX model and the checkpoint
@@ -27,7 +27,6 @@ def export_onnx(checkpoint: Path, output: Path, opset: int | None = None) -> flo
     import torch
 
     model = load_classifier(checkpoint)  # its forward takes uint8 and normalises: the graph does too
-    end_gc_pause()  # the libraries are in (core/memory.py)
     example = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     output.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -48,7 +47,7 @@ def export_onnx(checkpoint: Path, output: Path, opset: int | None = None) -> flo
             raise UserError(f"ONNX export needs onnx and onnxscript: pip install 'mnist-cnn[onnx]' ({err})") from None
     assert program is not None
     program.model.metadata_props.update(
-        {"mnist_cnn.input": "uint8 (batch, 1, 28, 28): white digit on black (mnist_cnn/data/contract.py)"}
+        {"mnist_cnn.input": "uint8 (batch, 1, 28, 28): white digit on black (mnist_cnn/models/module.py)"}
     )
     program.save(str(output))
     return parity(model, output)
@@ -83,8 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     output = args.output or args.checkpoint.with_suffix(".onnx")
     try:
-        with gc_paused():
-            diff = export_onnx(args.checkpoint, output, args.opset)
+        diff = export_onnx(args.checkpoint, output, args.opset)
     except UserError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     except Exception as err:  # an exporter failure: say what, in one line

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_cnn.core.errors import UserError
-from mnist_cnn.core.memory import end_gc_pause, gc_paused
+from mnist_cnn.cli import UserError
 
 BATCH = 256
 PROG = "mnist-predict"
@@ -64,7 +63,6 @@ def predict(
     from mnist_cnn.infer.preprocess import preprocess
 
     model = open_classifier(model_path)  # first: a bad model is one error, not one per image
-    end_gc_pause()  # the libraries are in (core/memory.py)
     files, errors = expand(inputs)
     paths: list[Path] = []
     images: list[np.ndarray] = []
@@ -108,8 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--show-input", type=Path, metavar="DIR", help="save the 28x28 image the net saw, per file")
     args = parser.parse_args(argv)
     try:
-        with gc_paused():
-            results, errors = predict(args.model, args.inputs, args.top_k, args.show_input)
+        results, errors = predict(args.model, args.inputs, args.top_k, args.show_input)
     except UserError as err:
         parser.exit(2, f"{PROG}: error: {err}\n")
     for line in errors:

@@ -14,7 +14,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_cnn.core.errors import UserError, first_line
+from mnist_cnn.cli import UserError
+from mnist_cnn.infer import first_line
 from mnist_cnn.infer.imageops import box_blur, components, lower_spread, morph, otsu, resize, stroke_width
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})

@@ -1,1 +1,0 @@
-"""The guard layer around Hydra: config schema and validation, resolvers and process launching, sweep summaries."""
