@@ -1,4 +1,4 @@
-"""Fault injection for tests, named by `_target_` in overrides (`+callbacks.crash=...`)."""
+"""Test-only callbacks named by `_target_` in overrides (`+callbacks.crash=...`; tests/ on PYTHONPATH)."""
 
 import os
 import signal
@@ -28,3 +28,19 @@ class SignalAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class RecordCounts(pl.Callback):
+    """After testing, write this rank's TestDashboards confusion matrix (`counts`) to `folder`."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import json
+        from pathlib import Path
+
+        from mnist_cnn.callbacks.dashboards import TestDashboards
+
+        (dashboards,) = [c for c in trainer.callbacks if isinstance(c, TestDashboards)]  # type: ignore[attr-defined]
+        Path(self.folder, f"counts_rank{trainer.global_rank}.json").write_text(json.dumps(dashboards.counts.tolist()))

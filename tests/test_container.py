@@ -18,6 +18,7 @@ import dockerfile
 import nbformat
 import pytest
 import yaml
+from conftest import real_data_dir
 from nbclient import NotebookClient
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -240,9 +241,7 @@ def test_readme_documents_the_container_workflow() -> None:
 
 
 def test_notebook_trains_a_few_batches_and_predicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data_dir = Path(os.environ.get("MNIST_DATA_DIR") or ROOT.parent / "shared" / "data")  # as conftest.py
-    if not (data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"no MNIST in {data_dir}: set MNIST_DATA_DIR (CI does)")
+    data_dir = real_data_dir()  # conftest.py stops the run when it lacks MNIST
     monkeypatch.setenv("MNIST_DATA_DIR", str(data_dir))
     monkeypatch.setenv("MNIST_LOG_DIR", str(tmp_path / "logs"))
     data_before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*")}

@@ -1,6 +1,9 @@
 """`mnist-demo` as a user meets it: a real headless Chromium (tests/cdp.py) draws with mouse and touch events,
 uploads and drops photos, and hits every error path; the JSON API's limits over plain HTTP; start-up and
-stroke-to-answer times; Ctrl-C. Needs Chromium on PATH (.ci/run installs it): without it the tests fail."""
+stroke-to-answer times; Ctrl-C.
+
+The Chromium tests are marked `browser`: the default run deselects them (a fresh machine has no Chromium), `pytest
+-m browser` runs them (.ci/run does, installing Chromium first). Without Chromium on PATH they fail, never skip."""
 
 from __future__ import annotations
 
@@ -93,14 +96,25 @@ def demo(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         served.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+def launch_chromium(profile: Path) -> Chromium:
+    """The browser tests' headless Chromium; with none on PATH they fail (a skip would let CI pass without them)."""
     exe = find_browser()
     if exe is None:
         pytest.fail("no Chromium on PATH: apt-get install chromium (.ci/run installs it when missing)")
-    chromium = Chromium(exe, tmp_path_factory.mktemp("chromium"), width=900, height=700)
+    return Chromium(exe, profile, width=900, height=700)
+
+
+@pytest.fixture(scope="session")  # session, as trained_run: set up first, so without Chromium nothing is trained
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    chromium = launch_chromium(tmp_path_factory.mktemp("chromium"))
     yield chromium
     chromium.close()
+
+
+def test_without_chromium_the_browser_tests_fail_not_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match="no Chromium on PATH"):
+        launch_chromium(tmp_path / "profile")
 
 
 def answered(b: Chromium, act: Callable[[], None]) -> dict[str, Any]:
@@ -139,7 +153,9 @@ def test_a_bad_model_or_port_is_one_line_and_exit_2(tmp_path: Path, demo: Served
         assert why in proc.stderr
 
 
-def test_drawing_with_mouse_and_finger(demo: Served, browser: Chromium, tmp_path: Path) -> None:
+# `browser` before `demo` in the browser tests: without Chromium they fail before the shared model is trained.
+@pytest.mark.browser
+def test_drawing_with_mouse_and_finger(browser: Chromium, demo: Served, tmp_path: Path) -> None:
     b = browser
     b.open(demo.url)
     assert b.js(STATE)["status"] == "draw a digit first"
@@ -171,7 +187,8 @@ def test_drawing_with_mouse_and_finger(demo: Served, browser: Chromium, tmp_path
     assert max(times) < 3000, "generous: CI machines are slow and shared"
 
 
-def test_photos_uploaded_and_dropped_and_bad_files(demo: Served, browser: Chromium, tmp_path: Path) -> None:
+@pytest.mark.browser
+def test_photos_uploaded_and_dropped_and_bad_files(browser: Chromium, demo: Served, tmp_path: Path) -> None:
     b = browser
     b.open(demo.url)
     (digit, other), (label, other_label) = mnist_test_digits(2)

@@ -1,4 +1,4 @@
-"""`python -m mnist_cnn.evaluate ckpt_path=...`: the training run's test numbers, per class, as files."""
+"""`mnist-eval ckpt_path=...` (python -m mnist_cnn.evaluate): the training run's test numbers, per class, as files."""
 
 from __future__ import annotations
 
@@ -10,38 +10,40 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, metrics, real_data_dir
-from omegaconf import OmegaConf
+from conftest import FP32, REPO, metrics, real_data_dir
 from PIL import Image
 
 from mnist_cnn.callbacks.figures import confusion_matrix_image
-from mnist_cnn.evaluate import per_class_accuracy
 
-TRAIN_KEYS = {"test/acc", "test/loss", "n_test", "best_ckpt", "output_dir", "wall_time_s"}
+EVAL_KEYS = {"test/acc", "test/loss", "test/n_images", "ckpt_path", "test/acc_per_class", "confusion_matrix"}
 
 
-def evaluate(log_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    """Run the evaluation as users do, with runs under `log_dir` (MNIST_LOG_DIR)."""
+PYTHON_M = (sys.executable, "-m", "mnist_cnn.evaluate")
+
+
+def evaluate(log_dir: Path, *overrides: str, command: tuple[str, ...] = PYTHON_M) -> subprocess.CompletedProcess[str]:
+    """Run the evaluation as users do (`command`: python -m mnist_cnn.evaluate, or mnist-eval), runs under `log_dir`."""
     env = {**os.environ, "MNIST_LOG_DIR": str(log_dir), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "mnist_cnn.evaluate", f"data.data_dir={real_data_dir()}", *overrides],
+        [*command, f"data.data_dir={real_data_dir()}", *overrides],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
 
-def test_evaluate_reproduces_the_training_runs_test_phase(trained_run: Path, tmp_path: Path) -> None:
+def test_mnist_eval_reproduces_the_training_runs_test_phase(trained_run: Path, tmp_path: Path) -> None:
+    """The README's `mnist-eval ckpt_path=...` (the console script), with the run's precision, as README says."""
     train = metrics(trained_run)
-    precision = OmegaConf.load(trained_run / ".hydra" / "config.yaml").trainer.precision  # as README says: pass it
-    proc = evaluate(tmp_path, f"ckpt_path={train['best_ckpt']}", f"trainer.precision={precision}")
+    mnist_eval = (str(Path(sys.executable).parent / "mnist-eval"),)
+    proc = evaluate(tmp_path, f"ckpt_path={train['best_ckpt']}", *FP32, command=mnist_eval)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "eval" / "runs").iterdir()  # task_name eval: logs/eval/runs/<run>/
     got = json.loads((run / "metrics.json").read_text())
-    assert got.keys() >= TRAIN_KEYS
+    assert got.keys() >= EVAL_KEYS
     print(f"test/acc: train {train['test/acc']:.6f}, evaluate {got['test/acc']:.6f}")
     assert abs(got["test/acc"] - train["test/acc"]) < 1e-4
     assert abs(got["test/loss"] - train["test/loss"]) < 1e-4
-    assert got["n_test"] == 10_000 and got["output_dir"] == str(run)
-    assert Path(got["best_ckpt"]) == Path(train["best_ckpt"]).resolve()
+    assert got["test/n_images"] == train["test/n_images"] == 10_000
+    assert Path(got["ckpt_path"]) == Path(train["best_ckpt"]).resolve()
 
     counts = np.array(got["confusion_matrix"])
     assert counts.shape == (10, 10) and counts.sum() == 10_000
@@ -53,43 +55,24 @@ def test_evaluate_reproduces_the_training_runs_test_phase(trained_run: Path, tmp
 
     png = Image.open(run / "confusion_matrix.png")
     assert png.format == "PNG" and min(png.size) >= 400
-    assert "per-class accuracy: 0: " in proc.stdout + proc.stderr
-    assert f"test/acc {train['test/acc']:.4f}" in (run / "eval.log").read_text()
-
-
-def test_the_checkpoint_can_be_given_on_its_own(trained_run: Path, tmp_path: Path) -> None:
-    """`mnist-eval PATH.ckpt`, as mnist-predict and mnist-export take it; `ckpt_path=PATH` still works."""
-    proc = evaluate(tmp_path, metrics(trained_run)["best_ckpt"], "++trainer.limit_test_batches=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = (tmp_path / "eval" / "runs").iterdir()
-    got = json.loads((run / "metrics.json").read_text())
-    assert Path(got["ckpt_path"]) == Path(metrics(trained_run)["best_ckpt"]).resolve() and got["n_test"] == 2000
+    log = (run / "eval.log").read_text()
+    assert f"test/acc {train['test/acc']:.4f} on 10000 images" in log and "per class: 0: " in log
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "ckpt_path=PATH is required"),
+        ([], "Missing mandatory value: ckpt_path"),
         (["ckpt_path=/nonexistent/x.ckpt"], "ckpt_path=/nonexistent/x.ckpt: no such file"),
-        (["ckpt_path=CORRUPT"], "corrupt"),
     ],
 )
-def test_bad_checkpoints_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    corrupt = tmp_path / "corrupt.ckpt"
-    corrupt.write_bytes(b"PK\x03\x04" + b"\0" * 100)  # starts like torch's zip, but is not one
-    args = [a.replace("CORRUPT", str(corrupt)) for a in args]
+def test_a_missing_checkpoint_is_one_line_and_leaves_no_run(tmp_path: Path, args: list[str], message: str) -> None:
+    """(A corrupt file is refused by the same loader: test_predict.py.)"""
     proc = evaluate(tmp_path / "logs", *args)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    assert not (tmp_path / "logs" / "eval").exists()  # checked before the run folder is made
-
-
-def test_per_class_accuracy_is_recall_per_true_digit() -> None:
-    counts = np.zeros((10, 10), dtype=np.int64)
-    counts[3, 3], counts[3, 5], counts[7, 7] = 3, 1, 2
-    acc = per_class_accuracy(counts)
-    assert acc["3"] == 0.75 and acc["7"] == 1.0 and acc["0"] is None
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    runs = tmp_path / "logs" / "eval" / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == [], "no run folder left behind"
 
 
 def test_confusion_matrix_image_shows_the_confusions() -> None:
