@@ -46,7 +46,7 @@ class TrainConfig:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the training split, test the best checkpoint (by val/acc) on the test set; returns metrics.json."""
     if cfg.seed is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model, num_classes=datamodule.num_classes)  # type: ignore[attr-defined]
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]

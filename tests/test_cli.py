@@ -242,6 +242,8 @@ def test_a_mistake_is_one_clear_message(name: str, cases: dict[str, Case], resul
         assert out.count(line.removeprefix("error: ")) == 1, out[-3000:]  # printed once, not logged as well
         for part in case.says:
             assert part in line, line
+        if name == "more_processes_than_cores":  # refused before any process starts: that line is all it says
+            assert proc.stderr.strip() == line and not proc.stdout.strip(), out
     else:
         for part in case.says:
             assert part in out, out[-3000:]

@@ -132,6 +132,11 @@ def test_dockerfile_readme_and_ci_install_from_the_same_constraints_file() -> No
         "README.md": [s for s in (ROOT / "README.md").read_text().splitlines() if "pip install" in s],
         ".ci/run": [s for s in (ROOT / ".ci" / "run").read_text().splitlines() if "pip install" in s],
     }
+    # The one exception: the MLflow UI's own environment. Its server needs SQLAlchemy 2, which constraints.txt pins
+    # below 2 for the optuna extra; it gets the exact version of the client the runs log with instead.
+    ui = [c for c in installs["README.md"] if ".mlflow-ui/bin/pip install" in c]
+    assert len(ui) == 1 and f"mlflow=={pins()['mlflow-skinny']}" in ui[0], ui
+    installs["README.md"] = [c for c in installs["README.md"] if c not in ui]
     for where, commands in installs.items():
         assert commands, f"{where} installs nothing?"
         for command in commands:
