@@ -106,11 +106,13 @@ def log_hparams(loggers: list[Logger], knobs: dict[str, Any], overrides: list[st
         for key, value in node.items():
             yield from flat(value, f"{prefix}{key}/") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
 
+    skip = ("_partial_", "_dir", "root", "ckpt_path")  # paths and plumbing, not hyperparameters
     pairs = [o.lstrip("+~").split("=", 1) for o in overrides if "=" in o]
-    params: dict[str, Any] = {k.replace(".", "/"): v for k, v in pairs if not k.startswith("hydra")}
-    params = {k: v for k, v in params.items() if not k.endswith(("_dir", "ckpt_path"))}
+    params: dict[str, Any] = {
+        k.replace(".", "/"): v for k, v in pairs if not k.startswith("hydra") and not k.endswith(skip)
+    }
     for key, value in flat(knobs):
-        if not key.endswith(("_partial_", "_dir", "root")) and key not in params and len(params) < 25:
+        if not key.endswith(skip) and key not in params and len(params) < 25:
             params[key] = value if isinstance(value, int | float | str | bool) else str(value)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
